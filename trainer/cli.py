@@ -1,0 +1,47 @@
+"""Command line of train.py: `--config FILE key=value ...`, `--print-config`; user errors as one paragraph, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from trainer.errors import TrainerError
+
+EXIT_USER_ERROR = 2
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a WGAN-GP. With no arguments: the offline default (digits, CPU-friendly, a few minutes).",
+        description="Train a WGAN-GP. No arguments: the offline default (digits, CPU-friendly, a few minutes).",
+    )
+    parser.add_argument("--config", help="YAML experiment file (configs/*.yaml); overrides come after it")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=2000")
+    return parser.parse_args(argv)
+
+
+def report_error(err: TrainerError) -> None:
+    if os.environ.get("RANK", "0") == "0":  # one message per job, not one per process
+        print(f"error: {err}", file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        from trainer.config import load_config, to_yaml
+
+        cfg = load_config(args.config, tuple(args.overrides))
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        from trainer.loop import train
+
+        train(cfg)
+    except TrainerError as err:
+        report_error(err)
+        return EXIT_USER_ERROR
+    return 0

@@ -1,0 +1,226 @@
+"""Typed experiment config: dataclass schema, YAML files, dotted overrides, and the checks that run before any model."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from trainer.errors import TrainerError
+
+LOSSES = ("wgan-gp", "wgan-lp", "wgan-clip", "gan")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+PRECISIONS = ("no", "bf16", "fp16")
+TRACKERS = ("none", "wandb", "tensorboard")
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # run folder: config, metrics.jsonl, samples/, checkpoints/
+    resume: Optional[str] = None  # None: fresh run (refuses a folder with checkpoints); "latest" or a checkpoint path
+
+
+@dataclass
+class ModelConfig:
+    name: str = "conv-small"  # preset in trainer.models.PRESETS
+    z_dim: int = 64  # latent size
+    width: int = 32  # base channel/hidden width; 0 = the preset's own (mlp 128, dcgan28 64, conv-small 64, toy 512)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # dataset in trainer.data.DATASETS
+    root: str = "data"  # folder holding downloadable datasets (torchvision layout)
+    image_size: int = 8  # images are resized to this side (pixels; digits are 8x8 natively); ignored for 2-D toys
+    download: bool = False  # allow torchvision to download missing data (main process first)
+
+
+@dataclass
+class LossConfig:
+    name: str = "wgan-gp"  # one of LOSSES
+    gp_weight: float = 10.0  # lambda of the gradient penalty (wgan-gp, wgan-lp); 0 = no penalty
+    drift: float = 0.0  # epsilon of the drift term eps * E[D(real)^2]; 0 = off
+    clip: float = 0.01  # weight-clipping bound c for wgan-clip (weights kept in [-c, c])
+
+
+@dataclass
+class OptimConfig:
+    name: Optional[str] = None  # adam | rmsprop | sgd; None = the loss's paper default (see trainer.losses)
+    lr_d: Optional[float] = None  # critic learning rate; None = the loss's paper default
+    lr_g: Optional[float] = None  # generator learning rate; None = the loss's paper default
+    betas: Optional[list[float]] = None  # Adam betas; None = the loss's paper default ((0, 0.9) for WGAN-GP)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # generator iterations
+    batch_size: int = 64  # per process, for both critic and generator steps
+    n_critic: int = 5  # critic steps per generator step
+    ema_decay: float = 0.999  # EMA of generator weights; 0 = no EMA
+    precision: Optional[str] = None  # no | bf16 | fp16; None = what `accelerate launch` was told
+    cpu: bool = False  # force CPU even when a GPU is present
+
+
+@dataclass
+class LogConfig:
+    every: int = 50  # generator steps between metric lines (metrics.jsonl, tracker, progress bar)
+    sample_every: int = 500  # generator steps between sample grids; 0 = only at the end
+    num_samples: int = 64  # images in a sample grid, or generated points in a toy scatter
+    tracker: str = "none"  # none | wandb | tensorboard
+    project: str = "wgan-gp"  # tracker project name
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # generator steps between checkpoints; 0 = only at the end
+    keep: int = 3  # checkpoints kept on disk (oldest removed first); 0 = keep all
+
+
+@dataclass
+class Config:
+    seed: int = 0  # base seed; process i uses seed + i for noise and data order within its shard
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def _known_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        keys += _known_keys(value, name + ".") if isinstance(value, DictConfig) else [name]
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> TrainerError:
+    key = getattr(err, "full_key", None) or "?"
+    schema = OmegaConf.structured(Config)
+    if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
+        close = difflib.get_close_matches(key, _known_keys(schema), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(schema, section) if section else schema
+        valid = ", ".join(node.keys()) if isinstance(node, DictConfig) else ", ".join(schema.keys())
+        return TrainerError(f"unknown config key '{key}' (from {source}).{hint} Valid keys here: {valid}.")
+    expected = OmegaConf.select(schema, key) if key != "?" else None
+    kind = type(expected).__name__ if expected is not None else "the schema's type"
+    return TrainerError(
+        f"config key '{key}' has the wrong type (from {source}): {err.msg if hasattr(err, 'msg') else err}. "
+        f"It expects {kind}, e.g. {key}={expected!r}."
+    )
+
+
+def load_config(config_file: Optional[str] = None, overrides: tuple[str, ...] = ()) -> Config:
+    """Schema defaults <- YAML file <- `key=value` overrides; then validated. Raises TrainerError."""
+    cfg = OmegaConf.structured(Config)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise TrainerError(f"config file '{config_file}' does not exist. Pick one of: {_config_choices()}.")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except OmegaConfBaseException as err:
+            raise _explain(err, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise TrainerError(f"override '{item}' is not of the form key=value (e.g. train.steps=2000).")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise _explain(err, f"override '{item}'") from None
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def _config_choices() -> str:
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    return ", ".join(sorted(str(p.relative_to(folder.parent)) for p in folder.glob("*.yaml"))) or "(none found)"
+
+
+def _choice(key: str, value: Optional[str], choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise TrainerError(f"{key}={value!r} is not a valid choice. Valid choices: {', '.join(choices)}.")
+
+
+def _positive(key: str, value: float, minimum: float = 1, what: str = "at least 1") -> None:
+    if value < minimum:
+        raise TrainerError(f"{key}={value} is impossible: it must be {what}.")
+
+
+def validate(cfg: Config) -> None:
+    """Checks values and their combinations; raises TrainerError naming the key and the valid choices."""
+    from trainer.data import DATASETS
+    from trainer.models import PRESETS
+
+    _choice("model.name", cfg.model.name, sorted(PRESETS))
+    _choice("data.name", cfg.data.name, sorted(DATASETS))
+    _choice("loss.name", cfg.loss.name, LOSSES)
+    if cfg.optim.name is not None:
+        _choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    if cfg.train.precision is not None:
+        _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("log.tracker", cfg.log.tracker, TRACKERS)
+    _positive("loss.gp_weight", cfg.loss.gp_weight, 0, "0 or more (10 in the paper)")
+    _positive("loss.drift", cfg.loss.drift, 0, "0 or more (0.001 in ProGAN)")
+    if not cfg.loss.clip > 0:
+        raise TrainerError(f"loss.clip={cfg.loss.clip} is impossible: it must be greater than 0 (0.01 in WGAN).")
+    for key in ("train.steps", "train.batch_size", "train.n_critic", "log.every", "log.num_samples", "model.z_dim"):
+        _positive(key, OmegaConf.select(OmegaConf.structured(cfg), key))
+    for key in ("log.sample_every", "checkpoint.every", "checkpoint.keep", "model.width"):
+        _positive(key, OmegaConf.select(OmegaConf.structured(cfg), key), 0, "0 or more")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise TrainerError(f"train.ema_decay={cfg.train.ema_decay} is impossible: it must be in [0, 1) (0 = off).")
+    for key in ("optim.lr_d", "optim.lr_g"):
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value is not None and not value > 0:
+            raise TrainerError(f"{key}={value} is impossible: a learning rate must be greater than 0.")
+    betas = cfg.optim.betas
+    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise TrainerError(f"optim.betas={cfg.optim.betas} is impossible: two numbers in [0, 1), e.g. [0.0, 0.9].")
+    dataset, preset = DATASETS[cfg.data.name], PRESETS[cfg.model.name]
+    _check_compatible(cfg, dataset, preset)
+
+
+def _check_compatible(cfg: Config, dataset: Any, preset: Any) -> None:
+    if dataset.is_toy != preset.is_toy:
+        kind, other = ("2-D toy", "image") if dataset.is_toy else ("image", "2-D toy")
+        fits = sorted(n for n, p in _presets().items() if p.is_toy == dataset.is_toy)
+        raise TrainerError(
+            f"model.name={cfg.model.name} is a {other} model but data.name={cfg.data.name} is {kind} data. "
+            f"Models that fit: {', '.join(fits)}."
+        )
+    if not dataset.is_toy and cfg.data.image_size not in preset.image_sizes:
+        sizes = ", ".join(map(str, preset.image_sizes))
+        raise TrainerError(
+            f"data.image_size={cfg.data.image_size} cannot be produced by model.name={cfg.model.name}. "
+            f"Sizes this preset makes: {sizes}."
+        )
+
+
+def _presets() -> dict:
+    from trainer.models import PRESETS
+
+    return PRESETS
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def from_yaml_file(path: Path) -> Config:
+    """Reads a config written by to_yaml (run folder, checkpoint) back into the schema, validated."""
+    return load_config(str(path))

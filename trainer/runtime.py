@@ -1,0 +1,67 @@
+"""Accelerate setup, rank hygiene and the fp32 forward used by the gradient penalty."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+from torch import Tensor, nn
+
+from trainer.config import Config
+from trainer.errors import TrainerError
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """An Accelerator for this launch; refuses a launch whose WORLD_SIZE differs from the processes that joined."""
+    cpu = cfg.train.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    tracker = None if cfg.log.tracker == "none" else cfg.log.tracker
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.precision,
+        cpu=cpu,
+        log_with=tracker,
+        project_dir=cfg.run.dir,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=30))],
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise TrainerError(
+            f"the launcher started WORLD_SIZE={launched} processes but Accelerate joined them as "
+            f"{accelerator.num_processes} (this is rank {accelerator.process_index} of {accelerator.num_processes}): "
+            f"every process would train alone and write the same run folder. This happens with "
+            f"`accelerate launch --multi_gpu` on a machine without GPUs. For several CPU processes use "
+            f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {launched} train.py ...`; on GPUs check that "
+            f"{launched} GPUs are visible (nvidia-smi, CUDA_VISIBLE_DEVICES)."
+        )
+    return accelerator
+
+
+def raw_module(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP (or a DeepSpeed engine), still carrying Accelerate's autocast forward."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def fp32_forward(model: nn.Module, x: Tensor) -> Tensor:
+    """model(x) computed in float32 whatever the mixed-precision mode.
+
+    Accelerate replaces a prepared model's `forward` attribute with an autocast-wrapped one, so an outer
+    `torch.autocast(enabled=False)` does not help; calling the class's own `forward` bypasses that wrapper. Submodule
+    hooks still run, and no DDP machinery is involved: gradients reach the parameters through the caller's single
+    backward (which DDP all-reduces once).
+    """
+    module = raw_module(model)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return type(module).forward(module, x.float())
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 of all parameters' bytes: equal on every process exactly when the replicas agree bit for bit."""
+    digest = hashlib.sha256()
+    for param in raw_module(model).parameters():
+        digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
