@@ -108,7 +108,7 @@ def load(accelerator: Accelerator, path: Path, ema: Optional[nn.Module]) -> dict
         record = json.loads((path / STATE_FILE).read_text())
         if ema is not None:
             ema.load_state_dict(load_file(str(path / EMA_FILE), device=str(accelerator.device)))
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - any unreadable file means the same thing to the user
         raise TrainerError(
             f"checkpoint {path} could not be read ({type(err).__name__}: {str(err)[:300]}). It may be cut off or from "
             f"another version; point run.resume at an earlier checkpoint in {path.parent}, or start a new run.dir."

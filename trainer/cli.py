@@ -16,7 +16,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train a WGAN-GP. No arguments: the offline default (digits, CPU-friendly, a few minutes).",
-        epilog="Example: accelerate launch train.py --config configs/mnist-dcgan.yaml train.steps=20000 loss.gp_weight=5",
+        epilog="Example: accelerate launch train.py --config configs/mnist-dcgan.yaml train.steps=20000",
     )
     parser.add_argument("--config", help="YAML experiment file (configs/*.yaml); overrides come after it")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

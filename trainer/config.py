@@ -114,7 +114,7 @@ def _explain(err: OmegaConfBaseException, source: str) -> TrainerError:
     expected = OmegaConf.select(schema, key) if key != "?" else None
     kind = type(expected).__name__ if expected is not None else "the schema's type"
     return TrainerError(
-        f"config key '{key}' has the wrong type (from {source}): {err.msg if hasattr(err, 'msg') else err}. "
+        f"config key '{key}' has the wrong type (from {source}): {str(err).splitlines()[0]}. "
         f"It expects {kind}, e.g. {key}={expected!r}."
     )
 

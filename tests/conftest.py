@@ -1,0 +1,63 @@
+"""Helpers that launch the real train.py (plain python, `accelerate launch`, or torchrun with gloo) in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# A tiny image run: digits at 8x8, a narrow conv pair, small batches; seconds on a 2-core CPU.
+TINY = [
+    "data.image_size=8",
+    "model.width=8",
+    "model.z_dim=16",
+    "train.batch_size=16",
+    "train.n_critic=2",
+    "log.every=1",
+    "log.sample_every=0",
+    "checkpoint.every=0",
+]
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"})
+    env.update(extra or {})
+    return env
+
+
+def run_cmd(cmd: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def python_train(*args: str, **kw) -> subprocess.CompletedProcess:
+    return run_cmd([sys.executable, "train.py", *args], **kw)
+
+
+def accelerate_train(*args: str, **kw) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1"]
+    return run_cmd([*launch, "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *args], **kw)
+
+
+def torchrun_train(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return run_cmd([*cmd, "train.py", *args], env={"ACCELERATE_USE_CPU": "1"}, **kw)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
