@@ -40,7 +40,16 @@ def python_train(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def accelerate_train(*args: str, **kw) -> subprocess.CompletedProcess:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+    ]
     return run_cmd([*launch, "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *args], **kw)
 
 
@@ -50,7 +59,9 @@ def torchrun_train(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 

@@ -12,12 +12,26 @@ from conftest import TINY, accelerate_train, ok, python_train, read_metrics, run
 from PIL import Image
 from safetensors.torch import load_file
 
-EXPECTED_KEYS = {"step", "images_seen", "loss_d", "loss_g", "wasserstein", "penalty", "grad_norm", "d_real", "imgs_per_s"}
+EXPECTED_KEYS = {
+    "step",
+    "images_seen",
+    "loss_d",
+    "loss_g",
+    "wasserstein",
+    "penalty",
+    "grad_norm",
+    "d_real",
+    "imgs_per_s",
+}
 
 
 def test_offline_default_leaves_grid_metrics_checkpoint(run_dir: Path) -> None:
     """The no-argument default (only shortened) through `accelerate launch`: grid PNG, metrics.jsonl, checkpoint."""
-    ok(accelerate_train(f"run.dir={run_dir}", "train.steps=6", "log.every=3", "log.sample_every=3", "checkpoint.every=3"))
+    ok(
+        accelerate_train(
+            f"run.dir={run_dir}", "train.steps=6", "log.every=3", "log.sample_every=3", "checkpoint.every=3"
+        )
+    )
     grid = Image.open(run_dir / "samples" / "step-00000006.png")
     # 64 digits of 8x8 shown at 32x32 in an 8x8 grid with torchvision's 2-pixel padding.
     assert grid.size == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2)
