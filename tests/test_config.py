@@ -99,5 +99,5 @@ def test_process_level_errors_have_no_traceback(tmp_path: Path) -> None:
         f"run.dir={tmp_path}/m",
     )
     assert missing.returncode == 2 and "data.download=true" in missing.stderr and "Traceback" not in missing.stderr
-    big = python_train(f"run.dir={tmp_path}/b", *TINY, "train.batch_size=1000", "train.steps=1")
-    assert big.returncode == 2 and "train.batch_size=1000 is larger than" in big.stderr
+    big = python_train(f"run.dir={tmp_path}/b", *TINY, "train.batch_size=2000", "train.steps=1")
+    assert big.returncode == 2 and "train.batch_size=2000 is larger than" in big.stderr
