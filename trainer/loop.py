@@ -198,7 +198,8 @@ def save_checkpoint(p: Parts, run_dir: Path, step: int) -> None:
 def announce(p: Parts, run_dir: Path, resume_from: Optional[Path], step: int) -> None:
     accelerator = p.accelerator
     if p.cfg.log.tracker != "none":
-        accelerator.init_trackers(p.cfg.log.project, config=to_dict(p.cfg))
+        wandb = {"dir": str(run_dir), "name": run_dir.name}
+        accelerator.init_trackers(p.cfg.log.project, config=to_dict(p.cfg), init_kwargs={"wandb": wandb})
     if accelerator.is_main_process:
         where = f"resuming from {resume_from} at step {step}" if resume_from else "fresh run"
         print(

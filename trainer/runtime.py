@@ -36,6 +36,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
             f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {launched} train.py ...`; on GPUs check that "
             f"{launched} GPUs are visible (nvidia-smi, CUDA_VISIBLE_DEVICES)."
         )
+    if accelerator.device.type == "cpu":
+        # `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise; on a CPU that leaves cores idle.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(cfg.train.cpu_threads or max(1, (os.cpu_count() or 1) // local))
     return accelerator
 
 
