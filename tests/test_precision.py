@@ -14,7 +14,7 @@ from conftest import TINY, ok, python_train, read_metrics
 
 from trainer.config import load_config
 from trainer.data import make_batches
-from trainer.loop import Parts, critic_step, make_optimizers
+from trainer.steps import Parts, critic_step, make_optimizers
 from trainer.losses import LOSSES, gradient_penalty, wasserstein_critic_loss
 from trainer.models import build_models
 from trainer.runtime import fp32_forward

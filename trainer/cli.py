@@ -8,6 +8,7 @@ import sys
 from typing import Optional
 
 from trainer.errors import TrainerError
+from trainer.signals import EXIT_PREEMPTED, Preempted
 
 EXIT_USER_ERROR = 2
 
@@ -44,4 +45,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TrainerError as err:
         report_error(err)
         return EXIT_USER_ERROR
+    except Preempted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(
+                f"[wgan-gp] {stop}; continue with run.resume=latest (exit {EXIT_PREEMPTED})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return EXIT_PREEMPTED
     return 0

@@ -63,6 +63,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of generator weights; 0 = no EMA
     precision: Optional[str] = None  # no | bf16 | fp16; None = what `accelerate launch` was told
     cpu: bool = False  # force CPU even when a GPU is present
+    max_nonfinite: int = 25  # updates in a row with NaN/Inf gradients skipped before the run stops; 0 = no guard
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = this machine's cores / processes on it
 
 
@@ -177,7 +178,14 @@ def validate(cfg: Config) -> None:
         raise TrainerError(f"loss.clip={cfg.loss.clip} is impossible: it must be greater than 0 (0.01 in WGAN).")
     for key in ("train.steps", "train.batch_size", "train.n_critic", "log.every", "log.num_samples", "model.z_dim"):
         _positive(key, OmegaConf.select(OmegaConf.structured(cfg), key))
-    for key in ("log.sample_every", "checkpoint.every", "checkpoint.keep", "model.width", "train.cpu_threads"):
+    for key in (
+        "log.sample_every",
+        "checkpoint.every",
+        "checkpoint.keep",
+        "model.width",
+        "train.cpu_threads",
+        "train.max_nonfinite",
+    ):
         _positive(key, OmegaConf.select(OmegaConf.structured(cfg), key), 0, "0 or more")
     if not 0 <= cfg.train.ema_decay < 1:
         raise TrainerError(f"train.ema_decay={cfg.train.ema_decay} is impossible: it must be in [0, 1) (0 = off).")

@@ -3,99 +3,26 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from trainer import checkpoint
 from trainer.config import Config, to_dict, to_yaml
-from trainer.data import DATASETS, TOYS, Batches, make_batches
+from trainer.data import DATASETS, TOYS, make_batches
 from trainer.ema import EMA
-from trainer.losses import LOSSES, LossSpec, clip_weights, gradient_penalty
+from trainer.losses import LOSSES
 from trainer.models import build_models, parameter_count
 from trainer.run_dir import prepare_run_dir
-from trainer.runtime import fingerprint, fp32_forward, make_accelerator, raw_module
+from trainer.runtime import fingerprint, fp32_forward, make_accelerator, prepare_pair, raw_module
+from trainer.signals import Preempted, StopFlag
 from trainer.stats import MetricsFile, Stats
+from trainer.steps import NonFiniteGuard, Parts, critic_step, generator_step, make_optimizers
 from trainer.visual import save_grid, save_toy_plot
-
-
-@dataclass
-class Parts:
-    """What one training step touches."""
-
-    cfg: Config
-    accelerator: Accelerator
-    spec: LossSpec
-    generator: torch.nn.Module
-    critic: torch.nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    batches: Batches
-    ema: Optional[EMA]
-    stats: Stats
-
-
-def critic_step(p: Parts) -> None:
-    """One critic update: a single forward over real and fake together, the fp32 penalty, one backward."""
-    cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
-    real = p.batches.next()
-    z = torch.randn(n, cfg.model.z_dim, device=device)
-    eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
-    with torch.no_grad():
-        fake = raw_module(p.generator)(z).float()
-    out = p.critic(torch.cat([real, fake])).float()  # no batch statistics in any critic: one pass is exact
-    d_real, d_fake = out[:n], out[n:]
-    loss = p.spec.critic(d_real, d_fake)
-    if p.spec.penalty and cfg.loss.gp_weight > 0:
-        critic_fp32 = partial(fp32_forward, p.critic)
-        penalty, norms = gradient_penalty(critic_fp32, real, fake, eps, one_sided=p.spec.penalty == "one-sided")
-        loss = loss + cfg.loss.gp_weight * penalty
-        p.stats.report("penalty", penalty)
-        p.stats.report("grad_norm", norms)
-    if cfg.loss.drift > 0:
-        loss = loss + cfg.loss.drift * d_real.pow(2).mean()
-    p.opt_d.zero_grad(set_to_none=True)
-    p.accelerator.backward(loss)
-    p.opt_d.step()
-    if p.spec.clip:
-        clip_weights(raw_module(p.critic), cfg.loss.clip)
-    p.stats.report("loss_d", loss)
-    p.stats.report("wasserstein", d_real.mean() - d_fake.mean())
-    p.stats.report("d_real", d_real.mean())
-
-
-def generator_step(p: Parts) -> None:
-    """One generator update through a frozen critic (outside DDP: the critic's gradients are not needed)."""
-    z = torch.randn(p.cfg.train.batch_size, p.cfg.model.z_dim, device=p.accelerator.device)
-    critic = raw_module(p.critic).requires_grad_(False)
-    loss = p.spec.generator(critic(p.generator(z)).float())
-    p.opt_g.zero_grad(set_to_none=True)
-    p.accelerator.backward(loss)
-    p.opt_g.step()
-    critic.requires_grad_(True)
-    if p.ema is not None:
-        p.ema.update(raw_module(p.generator))
-    p.stats.report("loss_g", loss)
-
-
-def make_optimizers(cfg: Config, spec: LossSpec, generator: torch.nn.Module, critic: torch.nn.Module):
-    name, betas = cfg.optim.name or spec.optimizer, tuple(cfg.optim.betas or spec.betas)
-
-    def make(params, lr: Optional[float]) -> torch.optim.Optimizer:
-        lr = lr or spec.lr
-        if name == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=betas)
-        if name == "rmsprop":
-            return torch.optim.RMSprop(params, lr=lr)
-        return torch.optim.SGD(params, lr=lr)
-
-    return make(generator.parameters(), cfg.optim.lr_g), make(critic.parameters(), cfg.optim.lr_d)
 
 
 def train(cfg: Config) -> Path:
@@ -114,33 +41,36 @@ def train(cfg: Config) -> Path:
     ema = EMA(generator, cfg.train.ema_decay).to(accelerator.device) if cfg.train.ema_decay > 0 else None
     spec = LOSSES[cfg.loss.name]
     opt_g, opt_d = make_optimizers(cfg, spec, generator, critic)
-    generator, critic, opt_g, opt_d = accelerator.prepare(generator, critic, opt_g, opt_d)
+    generator, critic, opt_g, opt_d = prepare_pair(accelerator, generator, critic, opt_g, opt_d)
     set_seed(cfg.seed, device_specific=True)  # then each process its own noise stream
     step = 0
     if resume_from is not None:
         record = checkpoint.load(accelerator, resume_from, ema)
         step = record["step"]
         batches.load_state_dict(record["data"])
-    p = Parts(cfg, accelerator, spec, generator, critic, opt_g, opt_d, batches, ema, Stats())
+    guard = NonFiniteGuard(cfg.train.max_nonfinite)
+    p = Parts(cfg, accelerator, spec, generator, critic, opt_g, opt_d, batches, ema, Stats(), step, guard)
     announce(p, run_dir, resume_from, step)
-    run_loop(p, run_dir, step)
-    accelerator.end_training()
+    try:
+        run_loop(p, run_dir, StopFlag())
+    finally:
+        accelerator.end_training()
     return run_dir
 
 
-def run_loop(p: Parts, run_dir: Path, step: int) -> None:
+def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
     cfg, accelerator = p.cfg, p.accelerator
-    metrics = MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process, step if step else None)
+    metrics = MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process, p.step if p.step else None)
     fixed_z = torch.randn(cfg.log.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not accelerator.is_main_process, dynamic_ncols=True)
-    clock = (time.perf_counter(), step)
-    while step < cfg.train.steps:
+    bar = tqdm(total=cfg.train.steps, initial=p.step, disable=not accelerator.is_main_process, dynamic_ncols=True)
+    clock = (time.perf_counter(), p.step)
+    while p.step < cfg.train.steps:
         for _ in range(cfg.train.n_critic):
             critic_step(p)
         generator_step(p)
-        step += 1
+        p.step += 1
         bar.update(1)
-        last = step == cfg.train.steps
+        step, last = p.step, p.step == cfg.train.steps
         if step % cfg.log.every == 0 or last:
             record = log_metrics(p, step, clock, metrics)
             clock = (time.perf_counter(), step)
@@ -149,8 +79,12 @@ def run_loop(p: Parts, run_dir: Path, step: int) -> None:
             )
         if (cfg.log.sample_every and step % cfg.log.sample_every == 0) or last:
             save_samples(p, run_dir / "samples" / f"step-{step:08d}.png", fixed_z)
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or last:
+        signum = stop.agreed(accelerator)
+        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or last or signum:
             save_checkpoint(p, run_dir, step)
+        if signum and not last:
+            bar.close()
+            raise Preempted(signum, step)
     bar.close()
 
 
@@ -160,6 +94,7 @@ def log_metrics(p: Parts, step: int, clock: tuple[float, int], metrics: MetricsF
     images = (step - clock[1]) * cfg.train.n_critic * cfg.train.batch_size * world
     record = {"step": step, "images_seen": step * cfg.train.n_critic * cfg.train.batch_size * world}
     record.update(p.stats.reduce(p.accelerator))
+    record["skipped_updates"] = p.guard.total
     record.update(imgs_per_s=images / max(seconds, 1e-9), world_size=world, time=time.time())
     record.update(lr_d=p.opt_d.param_groups[0]["lr"], lr_g=p.opt_g.param_groups[0]["lr"])
     metrics.write(record)

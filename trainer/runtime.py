@@ -43,6 +43,17 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return accelerator
 
 
+def prepare_pair(
+    accelerator: Accelerator,
+    generator: nn.Module,
+    critic: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Wraps both networks and optimizers for the launch (DDP, mixed precision); returns them in the same order."""
+    return accelerator.prepare(generator, critic, opt_g, opt_d)
+
+
 def raw_module(model: nn.Module) -> nn.Module:
     """The user's module inside DDP (or a DeepSpeed engine), still carrying Accelerate's autocast forward."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):

@@ -1,0 +1,135 @@
+"""One critic step and one generator step: the math of Algorithm 1 on prepared models, and the non-finite guard."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+
+from trainer.config import Config
+from trainer.data import Batches
+from trainer.ema import EMA
+from trainer.errors import TrainerError
+from trainer.losses import LossSpec, clip_weights, gradient_penalty
+from trainer.runtime import fp32_forward, raw_module
+from trainer.stats import Stats
+
+
+@dataclass
+class Parts:
+    """What one training step touches."""
+
+    cfg: Config
+    accelerator: Accelerator
+    spec: LossSpec
+    generator: torch.nn.Module
+    critic: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    batches: Batches
+    ema: Optional[EMA]
+    stats: Stats
+    step: int = 0  # generator steps done
+    guard: "NonFiniteGuard" = field(default_factory=lambda: NonFiniteGuard(0))
+
+
+# Test-only fault injection: generator steps (comma-separated) at which the critic loss is made NaN.
+FAULT_NAN_STEPS = {int(s) for s in os.environ.get("WGAN_GP_FAULT_NAN_AT", "").split(",") if s.strip()}
+
+
+class NonFiniteGuard:
+    """Skips updates whose gradients are NaN/Inf and stops the run after `limit` skipped updates in a row.
+
+    Gradients are checked after DDP's all-reduce, so every process sees the same verdict and skips alike. Under fp16
+    the GradScaler already skips such steps (and lowers its scale); those skips are counted the same way.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_a_row, self.total = limit, 0, 0
+
+    def step(self, p: Parts, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
+        if self.limit and p.accelerator.scaler is None and not _grads_finite(module):
+            optimizer.zero_grad(set_to_none=True)
+            return self._skipped(p)
+        optimizer.step()
+        if p.accelerator.optimizer_step_was_skipped:
+            return self._skipped(p)
+        self.in_a_row = 0
+
+    def _skipped(self, p: Parts) -> None:
+        self.in_a_row, self.total = self.in_a_row + 1, self.total + 1
+        if self.limit and self.in_a_row >= self.limit:
+            raise TrainerError(
+                f"{self.in_a_row} updates in a row had non-finite (NaN/Inf) gradients at step {p.step}; the run stopped"
+                f" without writing a checkpoint, so the last good one in {p.cfg.run.dir}/checkpoints is intact. Lower "
+                f"optim.lr_d/lr_g, check the data for NaNs, or use train.precision=bf16 instead of fp16; resume with "
+                f"run.resume=latest (train.max_nonfinite sets how many skips in a row are tolerated)."
+            )
+
+
+def _grads_finite(module: torch.nn.Module) -> bool:
+    grads = [q.grad for q in module.parameters() if q.grad is not None]
+    return bool(torch.isfinite(torch.stack([g.float().norm() for g in grads]).sum()).item()) if grads else True
+
+
+def critic_step(p: Parts) -> None:
+    """One critic update: a single forward over real and fake together, the fp32 penalty, one backward."""
+    cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
+    real = p.batches.next()
+    z = torch.randn(n, cfg.model.z_dim, device=device)
+    eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
+    with torch.no_grad():
+        fake = raw_module(p.generator)(z).float()
+    out = p.critic(torch.cat([real, fake])).float()  # no batch statistics in any critic: one pass is exact
+    d_real, d_fake = out[:n], out[n:]
+    loss = p.spec.critic(d_real, d_fake)
+    if p.spec.penalty and cfg.loss.gp_weight > 0:
+        critic_fp32 = partial(fp32_forward, p.critic)
+        penalty, norms = gradient_penalty(critic_fp32, real, fake, eps, one_sided=p.spec.penalty == "one-sided")
+        loss = loss + cfg.loss.gp_weight * penalty
+        p.stats.report("penalty", penalty)
+        p.stats.report("grad_norm", norms)
+    if cfg.loss.drift > 0:
+        loss = loss + cfg.loss.drift * d_real.pow(2).mean()
+    if p.step + 1 in FAULT_NAN_STEPS:
+        loss = loss * float("nan")
+    p.opt_d.zero_grad(set_to_none=True)
+    p.accelerator.backward(loss)
+    p.guard.step(p, p.opt_d, p.critic)
+    if p.spec.clip:
+        clip_weights(raw_module(p.critic), cfg.loss.clip)
+    p.stats.report("loss_d", loss)
+    p.stats.report("wasserstein", d_real.mean() - d_fake.mean())
+    p.stats.report("d_real", d_real.mean())
+
+
+def generator_step(p: Parts) -> None:
+    """One generator update through a frozen critic (outside DDP: the critic's gradients are not needed)."""
+    z = torch.randn(p.cfg.train.batch_size, p.cfg.model.z_dim, device=p.accelerator.device)
+    critic = raw_module(p.critic).requires_grad_(False)
+    loss = p.spec.generator(critic(p.generator(z)).float())
+    p.opt_g.zero_grad(set_to_none=True)
+    p.accelerator.backward(loss)
+    critic.requires_grad_(True)
+    p.guard.step(p, p.opt_g, p.generator)
+    if p.ema is not None:
+        p.ema.update(raw_module(p.generator))
+    p.stats.report("loss_g", loss)
+
+
+def make_optimizers(cfg: Config, spec: LossSpec, generator: torch.nn.Module, critic: torch.nn.Module):
+    name, betas = cfg.optim.name or spec.optimizer, tuple(cfg.optim.betas or spec.betas)
+
+    def make(params, lr: Optional[float]) -> torch.optim.Optimizer:
+        lr = lr or spec.lr
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=betas)
+        if name == "rmsprop":
+            return torch.optim.RMSprop(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr)
+
+    return make(generator.parameters(), cfg.optim.lr_g), make(critic.parameters(), cfg.optim.lr_d)
