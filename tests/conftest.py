@@ -53,9 +53,9 @@ def accelerate_train(*args: str, **kw) -> subprocess.CompletedProcess:
     return run_cmd([*launch, "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *args], **kw)
 
 
-def torchrun_train(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
+def torchrun_train(nproc: int, *args: str, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    return run_cmd([*cmd, "train.py", *args], env={"ACCELERATE_USE_CPU": "1"}, **kw)
+    return run_cmd([*cmd, "train.py", *args], env={"ACCELERATE_USE_CPU": "1", **(env_extra or {})}, **kw)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -10,7 +10,9 @@ optimizer files, which Accelerate loads with weights_only=True.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -75,22 +77,31 @@ def save(
     """Collective: every process calls it. Returns the final folder."""
     folder = checkpoint_dir(run_dir)
     final, tmp = folder / f"{PREFIX}{step:08d}", folder / f".tmp-{PREFIX}{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    per_rank = gather_object([fingerprints])
-    if accelerator.is_main_process:
-        (tmp / "config.yaml").write_text(config_yaml)
-        save_file(_state_dict_fp32(export), str(tmp / EXPORT_FILE))
-        if ema is not None:
-            save_file(_state_dict_fp32(ema), str(tmp / EMA_FILE))
-        record = {**state, "step": step, "world_size": accelerator.num_processes, "fingerprints": per_rank}
-        (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        _prune(run_dir, keep)
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        per_rank = gather_object([fingerprints])
+        if accelerator.is_main_process:
+            (tmp / "config.yaml").write_text(config_yaml)
+            save_file(_state_dict_fp32(export), str(tmp / EXPORT_FILE))
+            if ema is not None:
+                save_file(_state_dict_fp32(ema), str(tmp / EMA_FILE))
+            record = {**state, "step": step, "world_size": accelerator.num_processes, "fingerprints": per_rank}
+            (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
+            time.sleep(float(os.environ.get("WGAN_GP_FAULT_SLOW_SAVE", "0")))  # test-only: widen the kill window
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)  # atomic on one file system: a checkpoint is either complete or absent
+            _prune(run_dir, keep)
+    except OSError as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainerError(
+            f"writing checkpoint {final.name} into {folder} failed ({err.strerror or err}); the earlier checkpoints "
+            f"are untouched. Free space or fix permissions there, then continue with run.resume=latest."
+        ) from None
     accelerator.wait_for_everyone()
     return final
 
@@ -114,6 +125,22 @@ def load(accelerator: Accelerator, path: Path, ema: Optional[nn.Module]) -> dict
             f"another version; point run.resume at an earlier checkpoint in {path.parent}, or start a new run.dir."
         ) from None
     return record
+
+
+def load_with_fallback(
+    accelerator: Accelerator, run_dir: Path, chosen: Path, resume: str, ema: Optional[nn.Module]
+) -> tuple[Path, dict[str, Any]]:
+    """Loads `chosen`; with run.resume=latest an unreadable checkpoint falls back to the previous one (a warning)."""
+    candidates = [chosen] if resume != "latest" else list(reversed(list_checkpoints(run_dir)))
+    for i, path in enumerate(candidates):
+        try:
+            return path, load(accelerator, path, ema)
+        except TrainerError as err:
+            if i == len(candidates) - 1:
+                raise
+            if accelerator.is_main_process:
+                print(f"[wgan-gp] warning: {err} Falling back to {candidates[i + 1].name}.", flush=True)
+    raise AssertionError("unreachable: resolve() returned a checkpoint, so there is at least one candidate")
 
 
 def read_config_yaml(path: Path) -> str:

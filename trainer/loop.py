@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from trainer import checkpoint
-from trainer.config import Config, to_dict, to_yaml
+from trainer.config import Config, to_yaml
 from trainer.data import DATASETS, TOYS, make_batches
 from trainer.ema import EMA
 from trainer.losses import LOSSES
@@ -22,6 +22,7 @@ from trainer.runtime import fingerprint, fp32_forward, make_accelerator, prepare
 from trainer.signals import Preempted, StopFlag
 from trainer.stats import MetricsFile, Stats
 from trainer.steps import NonFiniteGuard, Parts, critic_step, generator_step, make_optimizers
+from trainer.tracking import start_tracking
 from trainer.visual import save_grid, save_toy_plot
 
 
@@ -45,7 +46,7 @@ def train(cfg: Config) -> Path:
     set_seed(cfg.seed, device_specific=True)  # then each process its own noise stream
     step = 0
     if resume_from is not None:
-        record = checkpoint.load(accelerator, resume_from, ema)
+        resume_from, record = checkpoint.load_with_fallback(accelerator, run_dir, resume_from, cfg.run.resume, ema)
         step = record["step"]
         batches.load_state_dict(record["data"])
     guard = NonFiniteGuard(cfg.train.max_nonfinite)
@@ -132,9 +133,7 @@ def save_checkpoint(p: Parts, run_dir: Path, step: int) -> None:
 
 def announce(p: Parts, run_dir: Path, resume_from: Optional[Path], step: int) -> None:
     accelerator = p.accelerator
-    if p.cfg.log.tracker != "none":
-        wandb = {"dir": str(run_dir), "name": run_dir.name}
-        accelerator.init_trackers(p.cfg.log.project, config=to_dict(p.cfg), init_kwargs={"wandb": wandb})
+    start_tracking(accelerator, p.cfg, run_dir)
     if accelerator.is_main_process:
         where = f"resuming from {resume_from} at step {step}" if resume_from else "fresh run"
         print(

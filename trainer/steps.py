@@ -37,8 +37,18 @@ class Parts:
     guard: "NonFiniteGuard" = field(default_factory=lambda: NonFiniteGuard(0))
 
 
-# Test-only fault injection: generator steps (comma-separated) at which the critic loss is made NaN.
-FAULT_NAN_STEPS = {int(s) for s in os.environ.get("WGAN_GP_FAULT_NAN_AT", "").split(",") if s.strip()}
+
+
+def _fault_steps(spec: str) -> set[tuple[int, int]]:
+    """Test-only fault injection: "3,4@1" makes the critic loss NaN at step 3 (every process) and 4 (rank 1 only)."""
+    out = set()
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        step, _, rank = item.partition("@")
+        out.add((int(step), int(rank) if rank else -1))
+    return out
+
+
+FAULT_NAN_STEPS = _fault_steps(os.environ.get("WGAN_GP_FAULT_NAN_AT", ""))
 
 
 class NonFiniteGuard:
@@ -49,22 +59,22 @@ class NonFiniteGuard:
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.in_a_row, self.total = limit, 0, 0
+        self.limit, self.total, self.in_a_row = limit, 0, {}  # in_a_row: per optimizer
 
     def step(self, p: Parts, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
         if self.limit and p.accelerator.scaler is None and not _grads_finite(module):
             optimizer.zero_grad(set_to_none=True)
-            return self._skipped(p)
+            return self._skipped(p, id(optimizer))
         optimizer.step()
         if p.accelerator.optimizer_step_was_skipped:
-            return self._skipped(p)
-        self.in_a_row = 0
+            return self._skipped(p, id(optimizer))
+        self.in_a_row[id(optimizer)] = 0
 
-    def _skipped(self, p: Parts) -> None:
-        self.in_a_row, self.total = self.in_a_row + 1, self.total + 1
-        if self.limit and self.in_a_row >= self.limit:
+    def _skipped(self, p: Parts, key: int) -> None:
+        self.in_a_row[key], self.total = self.in_a_row.get(key, 0) + 1, self.total + 1
+        if self.limit and self.in_a_row[key] >= self.limit:
             raise TrainerError(
-                f"{self.in_a_row} updates in a row had non-finite (NaN/Inf) gradients at step {p.step}; the run stopped"
+                f"{self.limit} updates in a row had non-finite (NaN/Inf) gradients at step {p.step}; the run stopped"
                 f" without writing a checkpoint, so the last good one in {p.cfg.run.dir}/checkpoints is intact. Lower "
                 f"optim.lr_d/lr_g, check the data for NaNs, or use train.precision=bf16 instead of fp16; resume with "
                 f"run.resume=latest (train.max_nonfinite sets how many skips in a row are tolerated)."
@@ -95,7 +105,7 @@ def critic_step(p: Parts) -> None:
         p.stats.report("grad_norm", norms)
     if cfg.loss.drift > 0:
         loss = loss + cfg.loss.drift * d_real.pow(2).mean()
-    if p.step + 1 in FAULT_NAN_STEPS:
+    if FAULT_NAN_STEPS & {(p.step + 1, -1), (p.step + 1, p.accelerator.process_index)}:
         loss = loss * float("nan")
     p.opt_d.zero_grad(set_to_none=True)
     p.accelerator.backward(loss)

@@ -1,0 +1,68 @@
+"""Experiment trackers (W&B, TensorBoard) through Accelerate, on the main process, never fatal to the run."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from accelerate import Accelerator
+
+from trainer.config import Config, to_dict
+
+WANDB_ID_FILE = "wandb_id.txt"  # the W&B run id, so a resumed run continues the same W&B run
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _wandb_mode() -> str:
+    """offline when there is no login to go online with (one warning line); otherwise what WANDB_MODE says."""
+    mode = os.environ.get("WANDB_MODE", "online")
+    if mode in ("offline", "disabled", "dryrun"):
+        return mode
+    if not _wandb_logged_in():
+        print(
+            "[wgan-gp] warning: no W&B login (WANDB_API_KEY or `wandb login`); logging to W&B offline in the run "
+            "folder instead - upload later with `wandb sync RUN_DIR/wandb/offline-run-*`.",
+            flush=True,
+        )
+        return "offline"
+    return mode
+
+
+def _wandb_run_id(run_dir: Path) -> str:
+    path = run_dir / WANDB_ID_FILE
+    if not path.is_file():
+        path.write_text(uuid.uuid4().hex[:12])
+    return path.read_text().strip()
+
+
+def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None:
+    """Initialises the configured tracker on the main process; a tracker failure falls back to offline/none."""
+    if cfg.log.tracker == "none":
+        return
+    kwargs = {}
+    if cfg.log.tracker == "wandb" and accelerator.is_main_process:
+        wandb = {"dir": str(run_dir), "name": run_dir.name, "id": _wandb_run_id(run_dir), "resume": "allow"}
+        kwargs = {"wandb": {**wandb, "mode": _wandb_mode()}}
+    try:
+        accelerator.init_trackers(cfg.log.project, config=to_dict(cfg), init_kwargs=kwargs)
+    except Exception as err:  # noqa: BLE001 - a network or login failure must not cost the run
+        if cfg.log.tracker != "wandb" or kwargs.get("wandb", {}).get("mode") == "offline":
+            raise
+        print(f"[wgan-gp] warning: W&B did not start online ({err}); logging offline instead.", flush=True)
+        kwargs["wandb"]["mode"] = "offline"
+        accelerator.init_trackers(cfg.log.project, config=to_dict(cfg), init_kwargs=kwargs)
+    if cfg.log.tracker == "wandb" and accelerator.is_main_process:
+        # W&B's own step is the generator step (accelerator.log(..., step=step)); images_seen is the other x axis.
+        accelerator.get_tracker("wandb", unwrap=True).define_metric("images_seen", summary="max")
