@@ -22,7 +22,7 @@ from trainer.runtime import fingerprint, fp32_forward, make_accelerator, prepare
 from trainer.signals import Preempted, StopFlag
 from trainer.stats import MetricsFile, Stats
 from trainer.steps import NonFiniteGuard, Parts, critic_step, generator_step, make_optimizers
-from trainer.tracking import start_tracking
+from trainer.tracking import log_image, start_tracking
 from trainer.visual import save_grid, save_toy_plot
 
 
@@ -65,10 +65,15 @@ def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
     fixed_z = torch.randn(cfg.log.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     bar = tqdm(total=cfg.train.steps, initial=p.step, disable=not accelerator.is_main_process, dynamic_ncols=True)
     clock = (time.perf_counter(), p.step)
+    device = accelerator.device
     while p.step < cfg.train.steps:
-        for _ in range(cfg.train.n_critic):
-            critic_step(p)
-        generator_step(p)
+        p.timer.enabled = (p.step + 1) % cfg.log.every == 0 or p.step + 1 == cfg.train.steps
+        with p.timer.phase("critic", device):
+            for _ in range(cfg.train.n_critic):
+                critic_step(p)
+        with p.timer.phase("generator", device):
+            generator_step(p)
+        p.timer.report(p.stats)
         p.step += 1
         bar.update(1)
         step, last = p.step, p.step == cfg.train.steps
@@ -95,13 +100,22 @@ def log_metrics(p: Parts, step: int, clock: tuple[float, int], metrics: MetricsF
     images = (step - clock[1]) * cfg.train.n_critic * cfg.train.batch_size * world
     record = {"step": step, "images_seen": step * cfg.train.n_critic * cfg.train.batch_size * world}
     record.update(p.stats.reduce(p.accelerator))
-    record["skipped_updates"] = p.guard.total
+    record.update(skipped_updates=p.guard.total, peak_mem_mb=peak_memory_mb(p.accelerator.device))
     record.update(imgs_per_s=images / max(seconds, 1e-9), world_size=world, time=time.time())
     record.update(lr_d=p.opt_d.param_groups[0]["lr"], lr_g=p.opt_g.param_groups[0]["lr"])
     metrics.write(record)
     if p.cfg.log.tracker != "none":
         p.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
     return record
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory allocated by tensors; on CPU the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @torch.no_grad()
@@ -120,6 +134,8 @@ def save_samples(p: Parts, path: Path, fixed_z: torch.Tensor) -> None:
         save_toy_plot(fake, real, path, lambda x: critic(x.to(p.accelerator.device)), f"{p.cfg.data.name}, {path.stem}")
     else:
         save_grid(fake, path)
+    if p.cfg.log.tracker != "none":
+        log_image(p.accelerator, "samples", path, p.step)
 
 
 def save_checkpoint(p: Parts, run_dir: Path, step: int) -> None:

@@ -12,26 +12,44 @@ from torch import Tensor
 
 
 class Stats:
-    """Running sums kept as device tensors, so reporting never synchronises with the device."""
+    """Running means and maxima kept as device tensors, so reporting never synchronises with the device.
+
+    `report(name, values)` adds NAME (mean of all values reported in the interval); `report_spread` also adds
+    NAME_std and NAME_max over all individual values of the interval, on every process together.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
+        self.maxima: dict[str, Tensor] = {}
 
     def report(self, name: str, value: Tensor | float) -> None:
         value = torch.as_tensor(value).detach().float().mean()
         self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.counts[name] = self.counts.get(name, 0) + 1
 
+    def report_spread(self, name: str, values: Tensor) -> None:
+        values = values.detach().float()
+        self.report(name, values)
+        self.report(f"{name}_sq", values.pow(2))
+        peak = values.max()
+        self.maxima[f"{name}_max"] = (
+            torch.maximum(self.maxima[f"{name}_max"], peak) if f"{name}_max" in self.maxima else peak
+        )
+
     def reduce(self, accelerator: Accelerator) -> dict[str, float]:
-        """Means since the last call, averaged over processes (every process must call this together)."""
-        names = sorted(self.sums)
+        """Values since the last call over all processes (every process must call this together)."""
+        names, peaks = sorted(self.sums), sorted(self.maxima)
         if not names:
             return {}
-        local = torch.stack([self.sums[n] / self.counts[n] for n in names]).to(accelerator.device)
-        means = accelerator.reduce(local, reduction="mean").tolist()
-        self.sums, self.counts = {}, {}
-        return dict(zip(names, means, strict=False))
+        local = torch.stack([self.sums[n] / self.counts[n] for n in names] + [self.maxima[n] for n in peaks])
+        every = accelerator.gather(local.to(accelerator.device)).reshape(-1, len(names) + len(peaks))
+        means, maxima = every[:, : len(names)].mean(0).tolist(), every[:, len(names) :].max(0).values.tolist()
+        out = dict(zip(names, means, strict=True)) | dict(zip(peaks, maxima, strict=True))
+        for name in [n[:-3] for n in names if n.endswith("_sq")]:
+            out[f"{name}_std"] = max(out.pop(f"{name}_sq") - out[name] ** 2, 0.0) ** 0.5
+        self.sums, self.counts, self.maxima = {}, {}, {}
+        return out
 
 
 class MetricsFile:

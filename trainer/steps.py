@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional
@@ -35,8 +37,42 @@ class Parts:
     stats: Stats
     step: int = 0  # generator steps done
     guard: "NonFiniteGuard" = field(default_factory=lambda: NonFiniteGuard(0))
+    timer: "PhaseTimer" = field(default_factory=lambda: PhaseTimer())
 
 
+class PhaseTimer:
+    """Milliseconds per phase, measured (with device syncs) only on steps where `enabled` is set: one per log interval.
+
+    `penalty` is the interpolates' forward and first (input-gradient) backward; its double backward runs inside the
+    critic's single backward and counts as `critic`, which excludes the penalty part.
+    """
+
+    def __init__(self) -> None:
+        self.enabled, self.ms = False, {}
+
+    @contextmanager
+    def phase(self, name: str, device: torch.device):
+        if not self.enabled:
+            yield
+            return
+        _sync(device)
+        start = time.perf_counter()
+        yield
+        _sync(device)
+        self.ms[name] = self.ms.get(name, 0.0) + 1000 * (time.perf_counter() - start)
+
+    def report(self, stats: Stats) -> None:
+        if self.ms:
+            penalty = self.ms.get("penalty", 0.0)
+            stats.report("time_critic_ms", self.ms.get("critic", 0.0) - penalty)
+            stats.report("time_penalty_ms", penalty)
+            stats.report("time_generator_ms", self.ms.get("generator", 0.0))
+        self.enabled, self.ms = False, {}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _fault_steps(spec: str) -> set[tuple[int, int]]:
@@ -99,10 +135,11 @@ def critic_step(p: Parts) -> None:
     loss = p.spec.critic(d_real, d_fake)
     if p.spec.penalty and cfg.loss.gp_weight > 0:
         critic_fp32 = partial(fp32_forward, p.critic)
-        penalty, norms = gradient_penalty(critic_fp32, real, fake, eps, one_sided=p.spec.penalty == "one-sided")
+        with p.timer.phase("penalty", device):
+            penalty, norms = gradient_penalty(critic_fp32, real, fake, eps, one_sided=p.spec.penalty == "one-sided")
         loss = loss + cfg.loss.gp_weight * penalty
         p.stats.report("penalty", penalty)
-        p.stats.report("grad_norm", norms)
+        p.stats.report_spread("grad_norm", norms)
     if cfg.loss.drift > 0:
         loss = loss + cfg.loss.drift * d_real.pow(2).mean()
     if FAULT_NAN_STEPS & {(p.step + 1, -1), (p.step + 1, p.accelerator.process_index)}:

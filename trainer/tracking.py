@@ -66,3 +66,16 @@ def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None
     if cfg.log.tracker == "wandb" and accelerator.is_main_process:
         # W&B's own step is the generator step (accelerator.log(..., step=step)); images_seen is the other x axis.
         accelerator.get_tracker("wandb", unwrap=True).define_metric("images_seen", summary="max")
+
+
+def log_image(accelerator: Accelerator, name: str, path: Path, step: int) -> None:
+    """Sends a PNG the run wrote (sample grid, toy scatter) to the trackers; main process only."""
+    import numpy as np
+    from PIL import Image
+
+    image = np.asarray(Image.open(path).convert("RGB"))
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            tracker.log_images({name: [image]}, step=step)
+        elif tracker.name == "tensorboard":
+            tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")

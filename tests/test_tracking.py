@@ -1,0 +1,63 @@
+"""Metrics and tracking: a real W&B offline run read back with `wandb leet inspect`, and the metrics file's contents."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import TINY, ok, python_train, read_metrics, torchrun_train
+
+LOGGED = {"loss_d", "loss_g", "wasserstein", "penalty", "grad_norm", "grad_norm_std", "grad_norm_max", "d_real"}
+LOGGED |= {"lr_d", "lr_g", "imgs_per_s", "time_critic_ms", "time_penalty_ms", "time_generator_ms", "peak_mem_mb"}
+
+
+def _inspect(run_dir: Path) -> dict:
+    wandb = shutil.which("wandb") or str(Path(__import__("sys").executable).with_name("wandb"))
+    run = next((run_dir / "wandb").glob("offline-run-*"))
+    out = subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(run)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_wandb_offline_run_has_config_metrics_step_and_images(run_dir: Path) -> None:
+    args = (f"run.dir={run_dir}", "train.steps=4", *TINY, "log.every=2", "log.sample_every=2", "log.tracker=wandb")
+    ok(python_train(*args, "loss.gp_weight=7.5"))
+    run = _inspect(run_dir)
+    assert run["config"]["loss"]["gp_weight"] == 7.5 and run["config"]["train"]["steps"] == 4
+    assert run["step"] == 4 and run["state"] == "finished"
+    assert LOGGED <= run["summary"].keys()
+    assert run["summary"]["samples"]["_type"].startswith("images")
+    assert len(list((run_dir / "wandb").glob("offline-run-*/files/media/images/samples_*.png"))) == 2
+    last = read_metrics(run_dir)[-1]
+    for key in LOGGED - {"imgs_per_s", "time_critic_ms", "time_penalty_ms", "time_generator_ms", "peak_mem_mb"}:
+        assert math.isclose(run["summary"][key], last[key], rel_tol=1e-6), key  # the same numbers in both places
+
+
+def test_resumed_run_continues_the_same_wandb_run(run_dir: Path) -> None:
+    ok(python_train(f"run.dir={run_dir}", "train.steps=2", *TINY, "log.tracker=wandb"))
+    ok(python_train(f"run.dir={run_dir}", "train.steps=3", "run.resume=latest", *TINY, "log.tracker=wandb"))
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id
+
+
+def test_two_rank_metrics_are_reduced_over_ranks(run_dir: Path) -> None:
+    """grad_norm_max is the max over both ranks' samples, so it bounds the mean; std is finite and >= 0."""
+    ok(torchrun_train(2, f"run.dir={run_dir}", "train.steps=2", *TINY))
+    for record in read_metrics(run_dir):
+        assert LOGGED <= record.keys() and record["world_size"] == 2
+        assert record["grad_norm_max"] >= record["grad_norm"] > 0 and record["grad_norm_std"] >= 0
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard"])
+def test_missing_tracker_package_is_a_config_error(tracker: str, run_dir: Path) -> None:
+    import importlib.util
+
+    proc = python_train(f"run.dir={run_dir}", f"log.tracker={tracker}", *TINY, "train.steps=1")
+    if importlib.util.find_spec(tracker) is None:
+        assert proc.returncode == 2 and f"pip install {tracker}" in proc.stderr
+    else:
+        ok(proc)
