@@ -118,7 +118,7 @@ def load(accelerator: Accelerator, path: Path, ema: Optional[nn.Module]) -> dict
         accelerator.load_state(str(path))
         record = json.loads((path / STATE_FILE).read_text())
         if ema is not None:
-            ema.load_state_dict(load_file(str(path / EMA_FILE), device=str(accelerator.device)))
+            ema.load_state_dict(load_file(str(path / EMA_FILE)))  # CPU, then copied (safetensors rejects cpu:0)
     except Exception as err:  # noqa: BLE001 - any unreadable file means the same thing to the user
         raise TrainerError(
             f"checkpoint {path} could not be read ({type(err).__name__}: {str(err)[:300]}). It may be cut off or from "

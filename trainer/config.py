@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +30,7 @@ class ModelConfig:
     name: str = "conv-small"  # preset in trainer.models.PRESETS
     z_dim: int = 64  # latent size
     width: int = 32  # base channel/hidden width; 0 = the preset's own (mlp 128, dcgan28 64, conv-small 64, toy 512)
+    conditional: bool = False  # class-conditional G(z, y) + AC-GAN critic head (labelled data); False = unconditional
 
 
 @dataclass
@@ -37,6 +39,10 @@ class DataConfig:
     root: str = "data"  # folder holding downloadable datasets (torchvision layout)
     image_size: int = 8  # images are resized to this side (pixels; digits are 8x8 natively); ignored for 2-D toys
     download: bool = False  # allow torchvision to download missing data (main process first)
+    crop: str = "center"  # file datasets: center (centred square, then resize) | none (stretch the whole image)
+    crop_size: int = 0  # side of the centred square in source pixels before resizing; 0 = the shorter side
+    flip: bool = False  # random horizontal flips (a fixed coin per seed, epoch and image); False = none
+    num_workers: int = 4  # DataLoader worker processes per process for streamed datasets; 0 = load in the main one
 
 
 @dataclass
@@ -45,6 +51,8 @@ class LossConfig:
     gp_weight: float = 10.0  # lambda of the gradient penalty (wgan-gp, wgan-lp); 0 = no penalty
     drift: float = 0.0  # epsilon of the drift term eps * E[D(real)^2]; 0 = off
     clip: float = 0.01  # weight-clipping bound c for wgan-clip (weights kept in [-c, c])
+    acgan_scale: float = 1.0  # weight of the critic's AC-GAN cross-entropy on real labels (conditional); 0 = off
+    acgan_scale_g: float = 0.1  # weight of the generator's AC-GAN cross-entropy on its labels (conditional); 0 = off
 
 
 @dataclass
@@ -53,18 +61,22 @@ class OptimConfig:
     lr_d: Optional[float] = None  # critic learning rate; None = the loss's paper default
     lr_g: Optional[float] = None  # generator learning rate; None = the loss's paper default
     betas: Optional[list[float]] = None  # Adam betas; None = the loss's paper default ((0, 0.9) for WGAN-GP)
+    schedule: str = "constant"  # learning-rate factor per generator step: constant (1) | linear (1 - step/steps to 0)
 
 
 @dataclass
 class TrainConfig:
     steps: int = 2000  # generator iterations
     batch_size: int = 64  # per process, for both critic and generator steps
+    batch_size_g: int = 0  # per process, generator steps only (128 in the paper's CIFAR code); 0 = train.batch_size
     n_critic: int = 5  # critic steps per generator step
     ema_decay: float = 0.999  # EMA of generator weights; 0 = no EMA
     precision: Optional[str] = None  # no | bf16 | fp16; None = what `accelerate launch` was told
     cpu: bool = False  # force CPU even when a GPU is present
     max_nonfinite: int = 25  # updates in a row with NaN/Inf gradients skipped before the run stops; 0 = no guard
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = this machine's cores / processes on it
+    deepspeed: Optional[str] = None  # ZeRO stage 1 | 2 or a DeepSpeed JSON path; None = the launcher's choice
+    timeout_s: int = 600  # seconds a collective waits for the other processes (a dead or hung rank) before erroring
 
 
 @dataclass
@@ -83,6 +95,25 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # generator steps between evaluations (trainer.evaluate, all processes); 0 = off
+    num: int = 2000  # generated samples per evaluation, split across processes (toys: W1 on the first 2,000)
+    inception_weights: Optional[str] = None  # Inception .pth for FID/KID/IS; None = the torch hub cache
+    cache_dir: Optional[str] = None  # classifiers, real-data statistics; None = $WGAN_GP_CACHE or ~/.cache/wgan-gp
+
+
+@dataclass
+class SpeedConfig:
+    channels_last: bool = False  # NHWC weights/activations for conv presets (MLPs untouched); False = NCHW
+    compile: bool = False  # torch.compile of the generator and the critic's main pass (penalty stays eager); False = eager
+    fused_adam: bool = False  # Adam's fused kernel (one launch for all tensors); False = `speed.foreach`'s choice
+    foreach: bool = False  # Adam's multi-tensor (foreach) kernel on every device; False = PyTorch's choice (GPU only)
+    tf32: bool = False  # TF32 in float32 matmuls/convs on CUDA (the penalty pass under bf16/fp16); False = IEEE fp32
+    penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
+    lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = every step (paper)
+
+
+@dataclass
 class Config:
     seed: int = 0  # base seed; process i uses seed + i for noise and data order within its shard
     run: RunConfig = field(default_factory=RunConfig)
@@ -93,6 +124,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
 
 def _known_keys(node: Any, prefix: str = "") -> list[str]:
@@ -172,6 +205,12 @@ def validate(cfg: Config) -> None:
     if cfg.train.precision is not None:
         _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("log.tracker", cfg.log.tracker, TRACKERS)
+    package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(cfg.log.tracker)
+    if package and importlib.util.find_spec(package) is None:
+        raise TrainerError(
+            f"log.tracker={cfg.log.tracker} needs the '{package}' package, which is not installed. Install it "
+            f"(pip install {package}) or use log.tracker=none (metrics.jsonl is always written)."
+        )
     _positive("loss.gp_weight", cfg.loss.gp_weight, 0, "0 or more (10 in the paper)")
     _positive("loss.drift", cfg.loss.drift, 0, "0 or more (0.001 in ProGAN)")
     if not cfg.loss.clip > 0:
@@ -187,6 +226,15 @@ def validate(cfg: Config) -> None:
         "train.max_nonfinite",
     ):
         _positive(key, OmegaConf.select(OmegaConf.structured(cfg), key), 0, "0 or more")
+    _positive("train.timeout_s", cfg.train.timeout_s, 1, "at least 1 (seconds; 600 by default)")
+    if (
+        cfg.train.deepspeed is not None
+        and cfg.train.deepspeed not in ("1", "2")
+        and not Path(cfg.train.deepspeed).is_file()
+    ):
+        raise TrainerError(
+            f"train.deepspeed={cfg.train.deepspeed!r} is neither a ZeRO stage (1 or 2) nor a DeepSpeed JSON file."
+        )
     if not 0 <= cfg.train.ema_decay < 1:
         raise TrainerError(f"train.ema_decay={cfg.train.ema_decay} is impossible: it must be in [0, 1) (0 = off).")
     for key in ("optim.lr_d", "optim.lr_g"):
@@ -196,8 +244,53 @@ def validate(cfg: Config) -> None:
     betas = cfg.optim.betas
     if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise TrainerError(f"optim.betas={cfg.optim.betas} is impossible: two numbers in [0, 1), e.g. [0.0, 0.9].")
+    _positive("eval.every", cfg.eval.every, 0, "0 or more (0 = no evaluation during training)")
+    _check_paper_keys(cfg)
+    _check_speed(cfg)
+    _positive("eval.num", cfg.eval.num, 2, "at least 2 (a covariance needs two samples)")
     dataset, preset = DATASETS[cfg.data.name], PRESETS[cfg.model.name]
     _check_compatible(cfg, dataset, preset)
+
+
+def _check_paper_keys(cfg: Config) -> None:
+    """The keys of the paper presets: data pipeline, generator batch, AC-GAN weights, schedule, conditional."""
+    from trainer.data import DATASETS
+    from trainer.image_datasets import CROPS
+    from trainer.models import PRESETS
+    from trainer.schedule import SCHEDULES
+
+    _choice("data.crop", cfg.data.crop, CROPS)
+    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    node = OmegaConf.structured(cfg)
+    for key in ("data.crop_size", "data.num_workers", "train.batch_size_g", "loss.acgan_scale", "loss.acgan_scale_g"):
+        _positive(key, OmegaConf.select(node, key), 0, "0 or more")
+    if not cfg.model.conditional:
+        return
+    if not PRESETS[cfg.model.name].conditional:
+        fits = ", ".join(sorted(n for n, p in PRESETS.items() if p.conditional))
+        raise TrainerError(f"model.conditional=true: model.name={cfg.model.name} has no conditional form. Use: {fits}.")
+    if not DATASETS[cfg.data.name].num_classes:
+        labelled = ", ".join(sorted(n for n, d in DATASETS.items() if d.num_classes))
+        raise TrainerError(
+            f"model.conditional=true needs class labels, but data.name={cfg.data.name} has none. Labelled: {labelled}."
+        )
+
+
+def _check_speed(cfg: Config) -> None:
+    from trainer.losses import LOSSES
+
+    s = cfg.speed
+    if not 0 < s.penalty_fraction <= 1:
+        raise TrainerError(
+            f"speed.penalty_fraction={s.penalty_fraction} is impossible: it must be in (0, 1] (1 = the whole batch)."
+        )
+    _positive("speed.lazy_penalty", s.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
+    optimizer = cfg.optim.name or LOSSES[cfg.loss.name].optimizer
+    if (s.fused_adam or s.foreach) and optimizer != "adam":
+        raise TrainerError(
+            f"speed.fused_adam/speed.foreach select Adam's kernel, but the optimizer is {optimizer}. "
+            f"Set optim.name=adam or leave both false."
+        )
 
 
 def _check_compatible(cfg: Config, dataset: Any, preset: Any) -> None:

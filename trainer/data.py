@@ -1,8 +1,7 @@
-"""Datasets as batch sources: the paper's 2-D toys, sklearn digits (offline default), MNIST and Fashion-MNIST.
+"""Datasets as batch sources: toys, digits, MNIST, CIFAR-10 on the device; CelebA, LSUN and image folders streamed.
 
-Images live on the training device as uint8 and are scaled to [-1, 1] per batch, matching the generator's Tanh.
-Every epoch all processes share one permutation and process r takes every world-th index, so processes see disjoint
-data and the position (epoch, cursor) is the whole data state to checkpoint.
+Small datasets live on the training device as uint8 and batches are drawn there by index; large ones stream through
+a DataLoader. Both walk the same sharded, resumable order (trainer.batches) and give images in [-1, 1].
 """
 
 from __future__ import annotations
@@ -10,13 +9,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
 
+from trainer.batches import ImageBatches, StreamBatches
 from trainer.errors import TrainerError
+from trainer.image_datasets import (
+    ImageOptions,
+    load_cifar10,
+    open_celeba,
+    open_image_folder,
+    open_lsun_bedroom,
+    resize_uint8,
+)
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 
 def eight_gaussians(n: int, generator: Optional[torch.Generator] = None, device: str | torch.device = "cpu") -> Tensor:
@@ -53,14 +64,24 @@ TOYS: dict[str, Callable[..., Tensor]] = {
 
 def load_digits_uint8() -> Tensor:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, values 0..16) as uint8 (N, 1, 8, 8) in 0..255."""
+    return load_digits_labelled()[0]
+
+
+def load_digits_labelled() -> tuple[Tensor, Tensor]:
     from sklearn.datasets import load_digits
 
-    images = torch.from_numpy(load_digits().images).float()
-    return (images * (255 / 16)).round().to(torch.uint8).unsqueeze(1)
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float()
+    return (images * (255 / 16)).round().to(torch.uint8).unsqueeze(1), torch.from_numpy(digits.target).long()
 
 
 def load_torchvision_uint8(name: str, root: str, download: bool) -> Tensor:
     """MNIST / Fashion-MNIST training split through torchvision's own class, as uint8 (N, 1, 28, 28)."""
+    return load_torchvision_labelled(name, root, download)[0]
+
+
+def load_torchvision_labelled(name: str, root: str, download: bool) -> tuple[Tensor, Tensor]:
+    """MNIST / Fashion-MNIST training images (uint8 (N, 1, 28, 28)) and labels through torchvision's own class."""
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
@@ -80,36 +101,39 @@ def load_torchvision_uint8(name: str, root: str, download: bool) -> Tensor:
             f"once on a machine that has it (e.g. a login node: python train.py data.name={name} data.download=true "
             f"train.steps=1) or copy the IDX files into {Path(root, cls.__name__, 'raw')}, then rerun."
         ) from None
-    return dataset.data.unsqueeze(1).contiguous()
-
-
-def resize_uint8(images: Tensor, size: int) -> Tensor:
-    """Antialiased bilinear resize of uint8 (N, C, H, W) images, done once at load time."""
-    if images.shape[-1] == size:
-        return images
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     is_toy: bool
     channels: int  # image channels; 2-D toys: 0
-    load: Callable[[str, bool], Tensor] | None  # (root, download) -> uint8 images; None for toys
+    load: Optional[Callable[[str, bool], tuple[Tensor, Tensor]]] = None  # in memory: (root, download) -> uint8, labels
+    open: Optional[Callable[[str, bool, ImageOptions], Dataset]] = None  # streamed: (root, download, options)
+    num_classes: int = 0  # class labels; 0 = none; -1 = one per top-level subfolder of data.root
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    **{name: DatasetSpec(True, 0, None) for name in TOYS},
-    "digits": DatasetSpec(False, 1, lambda root, download: load_digits_uint8()),
-    "mnist": DatasetSpec(False, 1, lambda root, download: load_torchvision_uint8("mnist", root, download)),
-    "fashion-mnist": DatasetSpec(
-        False, 1, lambda root, download: load_torchvision_uint8("fashion-mnist", root, download)
-    ),
+    **{name: DatasetSpec(True, 0) for name in TOYS},
+    "digits": DatasetSpec(False, 1, lambda root, download: load_digits_labelled(), num_classes=10),
+    "mnist": DatasetSpec(False, 1, lambda r, d: load_torchvision_labelled("mnist", r, d), num_classes=10),
+    "fashion-mnist": DatasetSpec(False, 1, lambda r, d: load_torchvision_labelled("fashion-mnist", r, d), None, 10),
+    "cifar10": DatasetSpec(False, 3, load_cifar10, num_classes=10),
+    "celeba": DatasetSpec(False, 3, open=open_celeba),
+    "lsun-bedroom": DatasetSpec(False, 3, open=open_lsun_bedroom),
+    "imagefolder": DatasetSpec(False, 3, open=open_image_folder, num_classes=-1),
 }
 
 
 class Batches(Protocol):
+    """next(): images (N, C, H, W) in [-1, 1] on the device (toys: points (N, 2)); next_labelled(): (images, int64
+    labels (N,)); both advance the same resumable position (state_dict: {"epoch", "cursor"}; toys: {})."""
+
+    num_classes: int  # class labels the source gives; 0 = unlabelled
+    skipped: int  # unreadable files replaced so far on this process (streamed datasets); 0 otherwise
+
     def next(self) -> Tensor: ...
+    def next_labelled(self) -> tuple[Tensor, Tensor]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -117,11 +141,16 @@ class Batches(Protocol):
 class ToyBatches:
     """Fresh points from the toy distribution each call, from the process's torch RNG (checkpointed by Accelerate)."""
 
+    num_classes, skipped = 0, 0
+
     def __init__(self, name: str, batch_size: int, device: torch.device) -> None:
         self.sample, self.batch_size, self.device = TOYS[name], batch_size, device
 
     def next(self) -> Tensor:
         return self.sample(self.batch_size, device=self.device)
+
+    def next_labelled(self) -> tuple[Tensor, Tensor]:
+        raise TrainerError("2-D toy data has no class labels; model.conditional needs a labelled image dataset.")
 
     def state_dict(self) -> dict:
         return {}
@@ -130,51 +159,11 @@ class ToyBatches:
         pass
 
 
-class ImageBatches:
-    """Batches drawn by index from uint8 images held on the device; epoch permutations sharded across processes."""
-
-    def __init__(self, images: Tensor, batch_size: int, rank: int, world: int, seed: int) -> None:
-        self.images, self.batch_size, self.rank, self.world, self.seed = images, batch_size, rank, world, seed
-        self.per_rank = images.shape[0] // world
-        if self.per_rank < batch_size:
-            raise TrainerError(
-                f"train.batch_size={batch_size} is larger than the {self.per_rank} images each of the {world} "
-                f"processes holds ({images.shape[0]} in all). Lower train.batch_size or use fewer processes."
-            )
-        self.epoch, self.cursor, self._shard_epoch, self._shard = 0, 0, -1, torch.empty(0, dtype=torch.long)
-
-    def shard(self, epoch: int) -> Tensor:
-        """This process's indices for `epoch`: the same permutation on every process, every world-th element."""
-        if epoch != self._shard_epoch:
-            perm = torch.randperm(
-                self.images.shape[0], generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            )
-            self._shard, self._shard_epoch = perm[self.rank :: self.world][: self.per_rank], epoch
-        return self._shard
-
-    def next_indices(self) -> Tensor:
-        if self.cursor + self.batch_size > self.per_rank:
-            self.epoch, self.cursor = self.epoch + 1, 0
-        indices = self.shard(self.epoch)[self.cursor : self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return indices
-
-    def next(self) -> Tensor:
-        indices = self.next_indices().to(self.images.device)
-        return self.images[indices].float() / 127.5 - 1
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-
-
 def load_images(name: str, root: str, download: bool, image_size: int) -> Tensor:
-    """uint8 (N, C, S, S) images of dataset `name` on the CPU, resized to `image_size`."""
+    """uint8 (N, C, S, S) images of an in-memory dataset `name` on the CPU, resized to `image_size`."""
     spec = DATASETS[name]
-    assert spec.load is not None, f"{name} is a toy dataset"
-    return resize_uint8(spec.load(root, download), image_size)
+    assert spec.load is not None, f"{name} is not an in-memory image dataset"
+    return resize_uint8(spec.load(root, download)[0], image_size)
 
 
 def make_batches(
@@ -187,8 +176,39 @@ def make_batches(
     rank: int,
     world: int,
     seed: int,
+    *,
+    crop: str = "center",
+    crop_size: int = 0,
+    flip: bool = False,
+    num_workers: int = 0,
+    labelled: bool = False,
 ) -> Batches:
-    if DATASETS[name].is_toy:
+    """The batch source of dataset `name` for process `rank` of `world`; `labelled` demands class labels."""
+    spec = DATASETS[name]
+    if spec.is_toy:
         return ToyBatches(name, batch_size, device)
-    images = load_images(name, root, download, image_size).to(device)
-    return ImageBatches(images, batch_size, rank, world, seed)
+    batches: Batches
+    if spec.open is not None:
+        dataset = spec.open(root, download, ImageOptions(image_size, crop, crop_size))
+        classes = getattr(dataset, "num_classes", 0)
+        batches = StreamBatches(dataset, batch_size, rank, world, seed, device, num_workers, classes, flip)
+    else:
+        assert spec.load is not None
+        images, labels = spec.load(root, download)
+        images = resize_uint8(images, image_size).to(device)
+        batches = ImageBatches(images, batch_size, rank, world, seed, labels, spec.num_classes, flip)
+    if labelled and batches.num_classes < 2:
+        raise TrainerError(
+            f"model.conditional=true needs class labels, but data.name={name} at {root} has "
+            f"{batches.num_classes or 'no'} classes (an image folder needs two or more top-level class subfolders)."
+        )
+    return batches
+
+
+def batches_from_config(cfg: "Config", device: torch.device, rank: int, world: int) -> Batches:
+    """make_batches with every data.* option of `cfg` (call it inside accelerator.main_process_first())."""
+    d = cfg.data
+    return make_batches(
+        d.name, d.root, d.download, d.image_size, cfg.train.batch_size, device, rank, world, cfg.seed,
+        crop=d.crop, crop_size=d.crop_size, flip=d.flip, num_workers=d.num_workers, labelled=cfg.model.conditional,
+    )  # fmt: skip

@@ -8,20 +8,23 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from trainer import checkpoint
 from trainer.config import Config, to_yaml
-from trainer.data import DATASETS, TOYS, make_batches
+from trainer.data import DATASETS, TOYS, batches_from_config
 from trainer.ema import EMA
+from trainer.layers import class_rows
 from trainer.losses import LOSSES
 from trainer.models import build_models, parameter_count
 from trainer.run_dir import prepare_run_dir
 from trainer.runtime import fingerprint, fp32_forward, make_accelerator, prepare_pair, raw_module
+from trainer.schedule import lr_factor
 from trainer.signals import Preempted, StopFlag
 from trainer.stats import MetricsFile, Stats
-from trainer.steps import NonFiniteGuard, Parts, critic_step, generator_step, make_optimizers
+from trainer.steps import NonFiniteGuard, Parts, critic_step, generate, generator_step, make_optimizers
 from trainer.tracking import log_image, start_tracking
 from trainer.visual import save_grid, save_toy_plot
 
@@ -30,33 +33,46 @@ def train(cfg: Config) -> Path:
     """Runs (or resumes) the experiment `cfg`; returns the run folder."""
     accelerator = make_accelerator(cfg)
     run_dir, resume_from = prepare_run_dir(cfg, accelerator)
+    p = build_parts(cfg, accelerator)
+    if resume_from is not None:
+        resume_from, record = checkpoint.load_with_fallback(accelerator, run_dir, resume_from, cfg.run.resume, p.ema)
+        p.step, p.critic_steps = record["step"], record["step"] * cfg.train.n_critic
+        p.batches.load_state_dict(record["data"])
+    announce(p, run_dir, resume_from)
+    try:
+        run_loop(p, run_dir, StopFlag())
+    finally:
+        accelerator.end_training()
+    return run_dir
+
+
+def build_parts(cfg: Config, accelerator: Accelerator) -> Parts:
+    """Data, models, EMA, optimizers, prepared for the launch; then each process seeded for its own noise."""
     set_seed(cfg.seed)  # the same initial weights on every process
     with accelerator.main_process_first():  # a download happens once, on the main process
-        batches = make_batches(
-            cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.image_size, cfg.train.batch_size,
-            accelerator.device, accelerator.process_index, accelerator.num_processes, cfg.seed,
-        )  # fmt: skip
+        batches = batches_from_config(cfg, accelerator.device, accelerator.process_index, accelerator.num_processes)
+    num_classes = batches.num_classes if cfg.model.conditional else 0
+    channels = DATASETS[cfg.data.name].channels
     generator, critic = build_models(
-        cfg.model.name, cfg.model.z_dim, cfg.model.width, DATASETS[cfg.data.name].channels, cfg.data.image_size
+        cfg.model.name, cfg.model.z_dim, cfg.model.width, channels, cfg.data.image_size, num_classes=num_classes
     )
     ema = EMA(generator, cfg.train.ema_decay).to(accelerator.device) if cfg.train.ema_decay > 0 else None
     spec = LOSSES[cfg.loss.name]
     opt_g, opt_d = make_optimizers(cfg, spec, generator, critic)
     generator, critic, opt_g, opt_d = prepare_pair(accelerator, generator, critic, opt_g, opt_d)
     set_seed(cfg.seed, device_specific=True)  # then each process its own noise stream
-    step = 0
-    if resume_from is not None:
-        resume_from, record = checkpoint.load_with_fallback(accelerator, run_dir, resume_from, cfg.run.resume, ema)
-        step = record["step"]
-        batches.load_state_dict(record["data"])
     guard = NonFiniteGuard(cfg.train.max_nonfinite)
-    p = Parts(cfg, accelerator, spec, generator, critic, opt_g, opt_d, batches, ema, Stats(), step, guard)
-    announce(p, run_dir, resume_from, step)
-    try:
-        run_loop(p, run_dir, StopFlag())
-    finally:
-        accelerator.end_training()
-    return run_dir
+    parts = Parts(cfg, accelerator, spec, generator, critic, opt_g, opt_d, batches, ema, Stats(), guard=guard)
+    parts.num_classes = num_classes
+    return parts
+
+
+def apply_schedule(p: Parts) -> None:
+    """Sets both learning rates for the coming generator step: a pure function of the step, so resume is exact."""
+    factor = lr_factor(p.cfg.optim.schedule, p.step, p.cfg.train.steps)
+    for optimizer in (p.opt_g, p.opt_d):
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
 
 
 def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
@@ -67,6 +83,7 @@ def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
     clock = (time.perf_counter(), p.step)
     device = accelerator.device
     while p.step < cfg.train.steps:
+        apply_schedule(p)
         p.timer.enabled = (p.step + 1) % cfg.log.every == 0 or p.step + 1 == cfg.train.steps
         with p.timer.phase("critic", device):
             for _ in range(cfg.train.n_critic):
@@ -126,7 +143,8 @@ def save_samples(p: Parts, path: Path, fixed_z: torch.Tensor) -> None:
     net = p.ema.model if p.ema is not None else raw_module(p.generator)
     was_training = net.training
     net.eval()
-    fake = net(fixed_z.to(p.accelerator.device)).float()
+    labels = class_rows(fixed_z.shape[0], p.num_classes).to(p.accelerator.device) if p.num_classes else None
+    fake = generate(net, fixed_z.to(p.accelerator.device), labels).float()
     net.train(was_training)
     if p.cfg.data.name in TOYS:
         real = TOYS[p.cfg.data.name](fake.shape[0], generator=torch.Generator().manual_seed(p.cfg.seed + 1))
@@ -141,14 +159,12 @@ def save_samples(p: Parts, path: Path, fixed_z: torch.Tensor) -> None:
 def save_checkpoint(p: Parts, run_dir: Path, step: int) -> None:
     export = p.ema.model if p.ema is not None else raw_module(p.generator)
     prints = {"generator": fingerprint(p.generator), "critic": fingerprint(p.critic)}
-    checkpoint.save(
-        p.accelerator, run_dir, step, {"data": p.batches.state_dict()}, to_yaml(p.cfg), export, p.ema, prints,
-        p.cfg.checkpoint.keep,
-    )  # fmt: skip
+    state = {"data": p.batches.state_dict(), "num_classes": p.num_classes}
+    checkpoint.save(p.accelerator, run_dir, step, state, to_yaml(p.cfg), export, p.ema, prints, p.cfg.checkpoint.keep)
 
 
-def announce(p: Parts, run_dir: Path, resume_from: Optional[Path], step: int) -> None:
-    accelerator = p.accelerator
+def announce(p: Parts, run_dir: Path, resume_from: Optional[Path]) -> None:
+    accelerator, step = p.accelerator, p.step
     start_tracking(accelerator, p.cfg, run_dir)
     if accelerator.is_main_process:
         where = f"resuming from {resume_from} at step {step}" if resume_from else "fresh run"

@@ -95,3 +95,29 @@ LOSSES: dict[str, LossSpec] = {
     # Radford et al. 2016 (DCGAN) with the non-saturating loss: Adam 2e-4, beta1 0.5.
     "gan": LossSpec(nonsaturating_critic_loss, nonsaturating_generator_loss, None, False, "adam", 2e-4, (0.5, 0.999)),
 }
+
+
+# AC-GAN conditioning as in the paper's CIFAR-10 code (gan_cifar_resnet.py, ACGAN_SCALE and ACGAN_SCALE_G).
+ACGAN_SCALE = 1.0  # weight of the critic's cross-entropy on the real batch's labels
+ACGAN_SCALE_G = 0.1  # weight of the generator's cross-entropy on the labels it was asked for
+
+
+def acgan_critic_loss(
+    logits_real: Tensor, labels: Tensor, logits_fake: Optional[Tensor] = None, fake_labels: Optional[Tensor] = None
+) -> Tensor:
+    """Cross-entropy of the critic's class head on real images (the paper's code); with `logits_fake`, plus the
+    same on the fakes (Odena et al.'s original AC-GAN, which the paper's code leaves out)."""
+    loss = F.cross_entropy(logits_real.float(), labels)
+    if logits_fake is not None:
+        loss = loss + F.cross_entropy(logits_fake.float(), labels if fake_labels is None else fake_labels)
+    return loss
+
+
+def acgan_generator_loss(logits_fake: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of the critic's class head on generated images against the labels they were generated for."""
+    return F.cross_entropy(logits_fake.float(), labels)
+
+
+def class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Share of samples whose arg-max class is the label (the paper logs it for real and fake batches)."""
+    return (logits.argmax(dim=1) == labels).float().mean()

@@ -8,6 +8,17 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from trainer.layers import (
+    ClassifierCritic,
+    ConditionalGenerator,
+    LabelledSequential,
+    LayerNorm2d,
+    batch_norm,
+    init_conv,
+    init_linear,
+)
+from trainer.resnet import resnet32_pair, resnet64_pair
+
 
 class Generator(nn.Module):
     """z (N, z_dim) -> body -> reshaped to `out_shape` (image (C, H, W) or a 2-D point)."""
@@ -103,11 +114,36 @@ def toy_pair(z_dim: int, width: int, channels: int, size: int) -> tuple[Generato
     return Generator(mlp(z_dim, 2), (2,), z_dim), Critic(mlp(2, 1))
 
 
+def dcgan64_pair(
+    z_dim: int, width: int, channels: int, size: int, num_classes: int = 0
+) -> tuple[ConditionalGenerator, ClassifierCritic]:
+    """gan_64x64.py's DCGAN pair (dim 64, 5x5 kernels, init std 0.02) with layer norm in place of the critic's BN."""
+    d = width or 64
+
+    def deconv(cin: int, cout: int) -> nn.Module:
+        return init_conv(nn.ConvTranspose2d(cin, cout, 5, 2, 2, output_padding=1), "dcgan")
+
+    def conv(cin: int, cout: int) -> nn.Module:
+        return init_conv(nn.Conv2d(cin, cout, 5, 2, 2), "dcgan")
+
+    gen: list[nn.Module] = [init_linear(nn.Linear(z_dim, 4 * 4 * 8 * d), "dcgan"), nn.Unflatten(1, (8 * d, 4, 4))]
+    for cin, cout in ((8 * d, 4 * d), (4 * d, 2 * d), (2 * d, d)):
+        gen += [batch_norm(cin, num_classes), nn.ReLU(), deconv(cin, cout)]
+    gen += [batch_norm(d, num_classes), nn.ReLU(), deconv(d, channels), nn.Tanh()]
+    critic: list[nn.Module] = [conv(channels, d), nn.LeakyReLU(0.2)]
+    for cin, cout in ((d, 2 * d), (2 * d, 4 * d), (4 * d, 8 * d)):
+        critic += [conv(cin, cout), LayerNorm2d(cout), nn.LeakyReLU(0.2)]
+    critic.append(nn.Flatten())
+    generator = ConditionalGenerator(LabelledSequential(*gen), (channels, 64, 64), z_dim, num_classes)
+    return generator, ClassifierCritic(nn.Sequential(*critic), 4 * 4 * 8 * d, num_classes, init="dcgan")
+
+
 @dataclass(frozen=True)
 class Preset:
-    build: Callable[[int, int, int, int], tuple[Generator, Critic]]  # (z_dim, width, channels, size)
+    build: Callable[..., tuple[nn.Module, nn.Module]]  # (z_dim, width, channels, size[, num_classes])
     is_toy: bool  # works on 2-D points instead of images
     image_sizes: tuple[int, ...]  # image sides the generator can produce
+    conditional: bool = False  # accepts num_classes > 0: generator(z, y) and an AC-GAN critic head
 
 
 PRESETS: dict[str, Preset] = {
@@ -115,12 +151,28 @@ PRESETS: dict[str, Preset] = {
     "dcgan28": Preset(dcgan28_pair, False, (28,)),
     "conv-small": Preset(conv_small_pair, False, (8, 16, 32, 64)),
     "toy": Preset(toy_pair, True, ()),
+    # The paper's presets (Gulrajani et al. 2017, igul222/improved_wgan_training):
+    "resnet32": Preset(resnet32_pair, False, (32,), conditional=True),  # CIFAR-10 ResNet (Inception scores, Table 3)
+    "resnet64": Preset(resnet64_pair, False, (64,), conditional=True),  # gan_64x64.py's Good* ResNet pair
+    "dcgan64": Preset(dcgan64_pair, False, (64,), conditional=True),  # DCGAN row of the LSUN comparison (Figure 2)
 }
 
 
-def build_models(name: str, z_dim: int, width: int, channels: int, size: int) -> tuple[Generator, Critic]:
-    """The (generator, critic) pair of preset `name`; `width` 0 means the preset's default."""
-    return PRESETS[name].build(z_dim, width, channels, size)
+def build_models(
+    name: str, z_dim: int, width: int, channels: int, size: int, num_classes: int = 0
+) -> tuple[nn.Module, nn.Module]:
+    """The (generator, critic) pair of preset `name`; `width` 0 means the preset's default.
+
+    `num_classes` > 0 builds the class-conditional pair (presets with `conditional`): generator(z, y) and a critic
+    whose forward(x, with_classes=True) also returns AC-GAN class logits (N, num_classes).
+    """
+    preset = PRESETS[name]
+    if not num_classes:
+        return preset.build(z_dim, width, channels, size)
+    if not preset.conditional:
+        conditional = ", ".join(n for n, p in PRESETS.items() if p.conditional)
+        raise ValueError(f"preset {name} has no class-conditional form; presets that do: {conditional}")
+    return preset.build(z_dim, width, channels, size, num_classes=num_classes)
 
 
 def parameter_count(module: nn.Module) -> int:

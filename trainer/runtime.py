@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 from torch import Tensor, nn
 
+from trainer import deepspeed_support
 from trainer.config import Config
 from trainer.errors import TrainerError
 
@@ -19,12 +20,23 @@ def make_accelerator(cfg: Config) -> Accelerator:
     """An Accelerator for this launch; refuses a launch whose WORLD_SIZE differs from the processes that joined."""
     cpu = cfg.train.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     tracker = None if cfg.log.tracker == "none" else cfg.log.tracker
+    # A collective that waits longer than this for a dead or hung process raises instead of hanging the job.
+    init = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.timeout_s))
+    plugins = deepspeed_support.make_plugins(cfg, launch_precision(cfg))
+    if plugins is not None:
+        # Accelerate enables DeepSpeed only off its CPU mode; without CUDA the engines then run on CPU over gloo.
+        cpu = False
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+        if not torch.cuda.is_available():
+            init.backend = "gloo"
+            deepspeed_support.use_plain_gloo()
     accelerator = Accelerator(
         mixed_precision=cfg.train.precision,
         cpu=cpu,
         log_with=tracker,
         project_dir=cfg.run.dir,
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=30))],
+        kwargs_handlers=[init],
+        deepspeed_plugins=plugins,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:
@@ -50,8 +62,15 @@ def prepare_pair(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
 ) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Wraps both networks and optimizers for the launch (DDP, mixed precision); returns them in the same order."""
+    """Wraps both networks and optimizers for the launch (DDP, mixed precision, or one DeepSpeed engine each)."""
+    if accelerator.state.deepspeed_plugins is not None:
+        return deepspeed_support.prepare_pair(accelerator, generator, critic, opt_g, opt_d)
     return accelerator.prepare(generator, critic, opt_g, opt_d)
+
+
+def launch_precision(cfg: Config) -> str:
+    """The mixed-precision mode of this launch: train.precision, else what `accelerate launch` was told."""
+    return cfg.train.precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
 
 
 def raw_module(model: nn.Module) -> nn.Module:

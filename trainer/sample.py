@@ -8,6 +8,7 @@ for images); `.png` gets a grid (images) or a scatter (toys).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -20,15 +21,21 @@ from trainer import checkpoint
 from trainer.config import load_config
 from trainer.data import DATASETS, TOYS
 from trainer.errors import TrainerError
+from trainer.layers import class_rows
 from trainer.models import build_models
+from trainer.steps import generate as generate_batch
 from trainer.visual import save_grid, save_toy_plot
 
 
 def load_generator(ckpt: Path, device: torch.device) -> tuple[torch.nn.Module, object]:
+    """The exported generator of checkpoint `ckpt` in eval mode, and the run's config (num_classes set on the net)."""
     cfg = load_config(str(ckpt / "config.yaml"))
+    num_classes = int(json.loads((ckpt / checkpoint.STATE_FILE).read_text()).get("num_classes", 0))
+    channels = DATASETS[cfg.data.name].channels
     generator, _ = build_models(
-        cfg.model.name, cfg.model.z_dim, cfg.model.width, DATASETS[cfg.data.name].channels, cfg.data.image_size
+        cfg.model.name, cfg.model.z_dim, cfg.model.width, channels, cfg.data.image_size, num_classes=num_classes
     )
+    generator.num_classes = num_classes
     try:
         generator.load_state_dict(load_file(str(ckpt / checkpoint.EXPORT_FILE)))
     except (OSError, RuntimeError) as err:
@@ -42,11 +49,13 @@ def load_generator(ckpt: Path, device: torch.device) -> tuple[torch.nn.Module, o
 def generate(
     generator: torch.nn.Module, num: int, z_dim: int, seed: int, batch: int, device: torch.device
 ) -> torch.Tensor:
-    rng = torch.Generator().manual_seed(seed)
+    rng, classes = torch.Generator().manual_seed(seed), getattr(generator, "num_classes", 0)
+    labels = class_rows(num, classes) if classes else None  # conditional: one class per grid row
     chunks = []
     for start in range(0, num, batch):
-        z = torch.randn(min(batch, num - start), z_dim, generator=rng)
-        chunks.append(generator(z.to(device)).float().cpu())
+        z = torch.randn(min(batch, num - start), z_dim, generator=rng).to(device)
+        y = None if labels is None else labels[start : start + batch].to(device)
+        chunks.append(generate_batch(generator, z, y).float().cpu())
     return torch.cat(chunks)
 
 

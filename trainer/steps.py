@@ -16,8 +16,16 @@ from trainer.config import Config
 from trainer.data import Batches
 from trainer.ema import EMA
 from trainer.errors import TrainerError
-from trainer.losses import LossSpec, clip_weights, gradient_penalty
+from trainer.losses import (
+    LossSpec,
+    acgan_critic_loss,
+    acgan_generator_loss,
+    class_accuracy,
+    clip_weights,
+    gradient_penalty,
+)
 from trainer.runtime import fp32_forward, raw_module
+from trainer.speed import adam_flags, penalty_plan
 from trainer.stats import Stats
 
 
@@ -36,8 +44,10 @@ class Parts:
     ema: Optional[EMA]
     stats: Stats
     step: int = 0  # generator steps done
+    num_classes: int = 0  # > 0: class-conditional (AC-GAN) training with this many classes
     guard: "NonFiniteGuard" = field(default_factory=lambda: NonFiniteGuard(0))
     timer: "PhaseTimer" = field(default_factory=lambda: PhaseTimer())
+    critic_steps: int = 0  # critic steps done by this process since it started (the lazy penalty's clock)
 
 
 class PhaseTimer:
@@ -122,22 +132,34 @@ def _grads_finite(module: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack([g.float().norm() for g in grads]).sum()).item()) if grads else True
 
 
+def generate(generator: torch.nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """G(z), or G(z, y) for a class-conditional generator."""
+    return generator(z) if labels is None else generator(z, labels)
+
+
 def critic_step(p: Parts) -> None:
     """One critic update: a single forward over real and fake together, the fp32 penalty, one backward."""
     cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
-    real = p.batches.next()
+    real, labels = p.batches.next_labelled() if p.num_classes else (p.batches.next(), None)
     z = torch.randn(n, cfg.model.z_dim, device=device)
     eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
-    with torch.no_grad():
-        fake = raw_module(p.generator)(z).float()
-    out = p.critic(torch.cat([real, fake])).float()  # no batch statistics in any critic: one pass is exact
-    d_real, d_fake = out[:n], out[n:]
+    with torch.no_grad():  # conditional: fakes use the real batch's labels, as the paper's AC-GAN code
+        fake = generate(raw_module(p.generator), z, labels).float()
+    both = torch.cat([real, fake])  # no batch statistics in any critic: one pass over both is exact
+    out, logits = p.critic(both, with_classes=True) if p.num_classes else (p.critic(both), None)
+    d_real, d_fake = out[:n].float(), out[n:].float()
     loss = p.spec.critic(d_real, d_fake)
-    if p.spec.penalty and cfg.loss.gp_weight > 0:
-        critic_fp32 = partial(fp32_forward, p.critic)
+    if logits is not None:
+        loss = loss + cfg.loss.acgan_scale * acgan_critic_loss(logits[:n], labels)
+        p.stats.report("acc_real", class_accuracy(logits[:n], labels))
+        p.stats.report("acc_fake", class_accuracy(logits[n:], labels))
+    rows, weight = penalty_plan(cfg, p.step, p.critic_steps, n)  # (n, lambda) unless speed.* says otherwise
+    p.critic_steps += 1
+    if p.spec.penalty and weight > 0:
+        critic_fp32, one_sided = partial(fp32_forward, p.critic), p.spec.penalty == "one-sided"
         with p.timer.phase("penalty", device):
-            penalty, norms = gradient_penalty(critic_fp32, real, fake, eps, one_sided=p.spec.penalty == "one-sided")
-        loss = loss + cfg.loss.gp_weight * penalty
+            penalty, norms = gradient_penalty(critic_fp32, real[:rows], fake[:rows], eps[:rows], one_sided=one_sided)
+        loss = loss + weight * penalty
         p.stats.report("penalty", penalty)
         p.stats.report_spread("grad_norm", norms)
     if cfg.loss.drift > 0:
@@ -156,9 +178,17 @@ def critic_step(p: Parts) -> None:
 
 def generator_step(p: Parts) -> None:
     """One generator update through a frozen critic (outside DDP: the critic's gradients are not needed)."""
-    z = torch.randn(p.cfg.train.batch_size, p.cfg.model.z_dim, device=p.accelerator.device)
+    cfg, device = p.cfg, p.accelerator.device
+    n = cfg.train.batch_size_g or cfg.train.batch_size
+    z = torch.randn(n, cfg.model.z_dim, device=device)
+    labels = torch.randint(0, p.num_classes, (n,), device=device) if p.num_classes else None
     critic = raw_module(p.critic).requires_grad_(False)
-    loss = p.spec.generator(critic(p.generator(z)).float())
+    fake = generate(p.generator, z, labels)
+    if labels is None:
+        loss = p.spec.generator(critic(fake).float())
+    else:
+        score, logits = critic(fake, with_classes=True)
+        loss = p.spec.generator(score.float()) + cfg.loss.acgan_scale_g * acgan_generator_loss(logits, labels)
     p.opt_g.zero_grad(set_to_none=True)
     p.accelerator.backward(loss)
     critic.requires_grad_(True)
@@ -174,7 +204,7 @@ def make_optimizers(cfg: Config, spec: LossSpec, generator: torch.nn.Module, cri
     def make(params, lr: Optional[float]) -> torch.optim.Optimizer:
         lr = lr or spec.lr
         if name == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=betas)
+            return torch.optim.Adam(params, lr=lr, betas=betas, **adam_flags(cfg))
         if name == "rmsprop":
             return torch.optim.RMSprop(params, lr=lr)
         return torch.optim.SGD(params, lr=lr)

@@ -1,0 +1,156 @@
+"""A small CNN trained on real digits/MNIST/Fashion-MNIST, cached; its features and classes score generators."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from trainer.data import load_digits_uint8, load_torchvision_uint8, resize_uint8
+from trainer.eval_stats import Moments
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+VERSION = 1  # part of the cache file name: bump when the network or its training changes
+CLASSES, FEATURES = 10, 128
+SEED, TEST_SHARE, BATCH, LR = 0, 1 / 6, 64, 2e-3
+MIN_EPOCHS, MIN_STEPS = 3, 500  # trains for whichever is longer (digits: 500 steps, MNIST: 3 epochs)
+CACHE_ENV = "WGAN_GP_CACHE"
+
+
+class FeatureClassifier(nn.Module):
+    """(N, 1, S, S) in [-1, 1] -> (penultimate features (N, 128), class logits (N, 10)); any side S >= 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, 1, 1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64 * 2 * 2, FEATURES), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(FEATURES, CLASSES)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.features(x)
+        return features, self.head(features)
+
+
+@dataclass
+class Reference:
+    """What the cache holds: the trained classifier, the real images' feature statistics, its test accuracy."""
+
+    model: FeatureClassifier
+    real_mean: Tensor
+    real_cov: Tensor
+    accuracy: float
+
+
+def cache_root(cache_dir: Optional[str] = None) -> Path:
+    """eval.cache_dir, else $WGAN_GP_CACHE, else ~/.cache/wgan-gp."""
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "wgan-gp").expanduser()
+
+
+def cache_path(cache_dir: Optional[str], dataset: str, image_size: int) -> Path:
+    return cache_root(cache_dir) / "classifiers" / f"{dataset}-{image_size}px-v{VERSION}.safetensors"
+
+
+def load_labelled(dataset: str, root: str, image_size: int) -> tuple[Tensor, Tensor]:
+    """The training split as uint8 (N, 1, S, S) images resized like trainer.data does, and int64 labels."""
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        images, labels = load_digits_uint8(), torch.from_numpy(load_digits().target)
+    else:
+        from torchvision import datasets
+
+        images = load_torchvision_uint8(dataset, root, download=False)  # the data module's errors when missing
+        cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[dataset]
+        labels = cls(root=root, train=True, download=False).targets
+    return resize_uint8(images, image_size), labels.long()
+
+
+def _scaled(images: Tensor) -> Tensor:
+    return images.float() / 127.5 - 1
+
+
+def train_classifier(images: Tensor, labels: Tensor, seed: int = SEED) -> tuple[FeatureClassifier, float]:
+    """Trains on a fixed 5/6 of (images, labels), returns the model (eval mode) and its accuracy on the other 1/6."""
+    # fork_rng leaves the caller's (the training loop's) RNG streams untouched; evaluate() runs under no_grad.
+    with torch.random.fork_rng(), torch.enable_grad():
+        torch.manual_seed(seed)
+        order = torch.randperm(images.shape[0])
+        n_test = int(images.shape[0] * TEST_SHARE)
+        test, train = order[:n_test], order[n_test:]
+        model = FeatureClassifier()
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        steps = max(MIN_STEPS, MIN_EPOCHS * train.numel() // BATCH)
+        for _ in range(steps):
+            batch = train[torch.randint(0, train.numel(), (BATCH,))]
+            loss = F.cross_entropy(model(_scaled(images[batch]))[1], labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([model(_scaled(images[test[i : i + 1000]]))[1].argmax(1) for i in range(0, n_test, 1000)])
+    return model, float((predicted == labels[test]).float().mean())
+
+
+@torch.no_grad()
+def feature_moments(model: FeatureClassifier, images: Tensor) -> Moments:
+    moments = Moments.zeros(FEATURES)
+    for start in range(0, images.shape[0], 1000):
+        moments.add(model(_scaled(images[start : start + 1000]))[0])
+    return moments
+
+
+def save_reference(ref: Reference, path: Path) -> None:
+    """Written to a temporary name and renamed, so a concurrent reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.contiguous() for k, v in ref.model.state_dict().items()}
+    tensors.update(real_mean=ref.real_mean.contiguous(), real_cov=ref.real_cov.contiguous())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"test_accuracy": repr(ref.accuracy), "version": str(VERSION)})
+    os.replace(tmp, path)
+
+
+def load_reference(path: Path) -> Reference:
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        accuracy = float(f.metadata()["test_accuracy"])
+    model = FeatureClassifier()
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    return Reference(model.eval(), tensors["real_mean"], tensors["real_cov"], accuracy)
+
+
+def load_or_train(dataset: str, root: str, image_size: int, cache_dir: Optional[str] = None) -> Reference:
+    """The cached reference for (dataset, image_size), trained and cached first when there is none.
+
+    The classifier sees images as the generator makes them (resized to data.image_size, in [-1, 1]). Its penultimate
+    features give a Frechet distance to the real training images, its class probabilities a classifier Inception
+    score exp(E KL(p(y|x) || p(y))). It trains on the CPU with a fixed seed on 5/6 of the training split (the rest
+    measures its accuracy) and is cached as safetensors with the real images' feature mean and covariance.
+    """
+    path = cache_path(cache_dir, dataset, image_size)
+    if path.is_file():
+        return load_reference(path)
+    images, labels = load_labelled(dataset, root, image_size)
+    model, accuracy = train_classifier(images, labels)
+    mean, cov = feature_moments(model, images).mean_cov()
+    ref = Reference(model, mean, cov, accuracy)
+    save_reference(ref, path)
+    print(
+        f"[wgan-gp] trained the {dataset} {image_size}px feature classifier: test accuracy {accuracy:.4f}; "
+        f"cached at {path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return ref

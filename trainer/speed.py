@@ -1,0 +1,95 @@
+"""Execution options (channels_last, torch.compile, Adam kernels, TF32) and the lazy / partial penalty schedule."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from trainer.config import Config
+
+CONV_LAYERS = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+def has_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, CONV_LAYERS) for m in module.modules())
+
+
+def to_channels_last(*modules: nn.Module) -> None:
+    """NHWC weights for conv networks (in place, the same Parameter objects); MLPs are left alone.
+
+    Convolutions follow their weight's layout, so activations and gradients become NHWC from the first conv on.
+    """
+    for module in modules:
+        if has_conv(module):
+            module.to(memory_format=torch.channels_last)
+
+
+def compile_pair(generator: nn.Module, critic: nn.Module, backend: str = "inductor") -> None:
+    """torch.compile of the generator and of the critic's ordinary calls, in place (state_dict keys unchanged).
+
+    `Module.compile` replaces only `__call__`: the main critic pass and the generator step's critic call are compiled,
+    while the penalty, which calls the class's own `forward` (trainer.runtime.fp32_forward), stays eager, because
+    aot_autograd refuses the double backward. `dynamic=False`: a few fixed batch sizes, one graph each.
+    """
+    generator.compile(backend=backend, dynamic=False)
+    critic.compile(backend=backend, dynamic=False)
+
+
+def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module) -> None:
+    """Applies cfg.speed's execution options to freshly built networks (before the optimizers and prepare)."""
+    if cfg.speed.channels_last:
+        to_channels_last(generator, critic)
+    if cfg.speed.compile:
+        compile_pair(generator, critic)
+    set_tf32(cfg.speed.tf32)
+
+
+def adam_flags(cfg: Config) -> dict:
+    """Keyword arguments selecting Adam's kernel: fused (one kernel for all tensors), or PyTorch's own choice."""
+    return {"fused": True} if cfg.speed.fused_adam else {"foreach": cfg.speed.foreach or None}
+
+
+def set_tf32(allowed: bool) -> tuple[str, str]:
+    """TF32 for float32 matmuls and cuDNN convolutions (CUDA only), or IEEE float32; returns the previous modes.
+
+    Under bf16/fp16 the only float32 work is the penalty pass (forward and double backward); with precision `no`
+    it is every pass. Off means true float32 (cuDNN would otherwise use TF32 for convolutions by default).
+    """
+    previous = tf32_modes()
+    mode = "tf32" if allowed else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+    return previous
+
+
+def tf32_modes() -> tuple[str, str]:
+    return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+
+
+@contextmanager
+def float32_modes(modes: tuple[str, str]) -> Iterator[None]:
+    """Runs the block with the given (matmul, conv) float32 precision modes, then restores the current ones."""
+    previous = tf32_modes()
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = modes
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = previous
+
+
+def penalty_plan(cfg: Config, step: int, critic_steps: int, batch: int) -> tuple[int, float]:
+    """(rows, weight) of this critic step's gradient penalty; weight 0 means none this step.
+
+    Lazy penalty (StyleGAN2's lazy regularisation): only every k-th critic step of the run pays it, with weight
+    lambda * k, so its expected weight per step is unchanged. The clock is step * n_critic plus the position in the
+    current critic phase (`critic_steps` counts this process's critic steps, and every start is at a phase boundary),
+    so a resumed run keeps the schedule. `rows`: the penalty uses the first fraction of the (shuffled) batch.
+    """
+    k, n_critic = cfg.speed.lazy_penalty, cfg.train.n_critic
+    if (step * n_critic + critic_steps % n_critic) % k:
+        return 0, 0.0
+    return max(1, round(cfg.speed.penalty_fraction * batch)), cfg.loss.gp_weight * k
