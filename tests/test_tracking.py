@@ -61,3 +61,16 @@ def test_missing_tracker_package_is_a_config_error(tracker: str, run_dir: Path) 
         assert proc.returncode == 2 and f"pip install {tracker}" in proc.stderr
     else:
         ok(proc)
+
+
+def test_evaluation_during_training_and_summary(run_dir: Path) -> None:
+    toy = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
+    args = (f"run.dir={run_dir}", "train.steps=4", *TINY, *toy, "log.every=3", "eval.every=2", "eval.num=200")
+    ok(python_train(*args))
+    records = read_metrics(run_dir)
+    assert [m["step"] for m in records] == [2, 3, 4]  # eval steps 2 and 4 log too, besides log step 3
+    w1 = {m["step"]: m["eval_w1"] for m in records if "eval_w1" in m}
+    assert set(w1) == {2, 4} and all(v > 0 for v in w1.values())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval_w1"]["last"] == w1[4] and summary["eval_w1"]["best"] == min(w1.values())
+    assert summary["eval_w1"]["best_step"] == min(w1, key=w1.get)

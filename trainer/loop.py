@@ -23,9 +23,10 @@ from trainer.run_dir import prepare_run_dir
 from trainer.runtime import fingerprint, fp32_forward, make_accelerator, prepare_pair, raw_module
 from trainer.schedule import lr_factor
 from trainer.signals import Preempted, StopFlag
+from trainer.speed import apply_speed
 from trainer.stats import MetricsFile, Stats
 from trainer.steps import NonFiniteGuard, Parts, critic_step, generate, generator_step, make_optimizers
-from trainer.tracking import log_image, start_tracking
+from trainer.tracking import log_image, start_tracking, write_summary
 from trainer.visual import save_grid, save_toy_plot
 
 
@@ -41,6 +42,7 @@ def train(cfg: Config) -> Path:
     announce(p, run_dir, resume_from)
     try:
         run_loop(p, run_dir, StopFlag())
+        write_summary(accelerator, run_dir)
     finally:
         accelerator.end_training()
     return run_dir
@@ -57,6 +59,7 @@ def build_parts(cfg: Config, accelerator: Accelerator) -> Parts:
         cfg.model.name, cfg.model.z_dim, cfg.model.width, channels, cfg.data.image_size, num_classes=num_classes
     )
     ema = EMA(generator, cfg.train.ema_decay).to(accelerator.device) if cfg.train.ema_decay > 0 else None
+    apply_speed(cfg, generator, critic)  # channels_last, torch.compile, TF32 (cfg.speed)
     spec = LOSSES[cfg.loss.name]
     opt_g, opt_d = make_optimizers(cfg, spec, generator, critic)
     generator, critic, opt_g, opt_d = prepare_pair(accelerator, generator, critic, opt_g, opt_d)
@@ -94,8 +97,9 @@ def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
         p.step += 1
         bar.update(1)
         step, last = p.step, p.step == cfg.train.steps
-        if step % cfg.log.every == 0 or last:
-            record = log_metrics(p, step, clock, metrics)
+        scores = maybe_evaluate(p, step, last)
+        if step % cfg.log.every == 0 or last or scores:
+            record = log_metrics(p, step, clock, metrics, scores)
             clock = (time.perf_counter(), step)
             bar.set_postfix(
                 loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}", img_s=f"{record['imgs_per_s']:.0f}"
@@ -111,13 +115,24 @@ def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
     bar.close()
 
 
-def log_metrics(p: Parts, step: int, clock: tuple[float, int], metrics: MetricsFile) -> dict:
+def maybe_evaluate(p: Parts, step: int, last: bool) -> dict[str, float]:
+    """eval.* metrics of the EMA (or live) generator every eval.every steps and at the end; all processes together."""
+    every = p.cfg.eval.every
+    if not every or (step % every and not last):
+        return {}
+    from trainer.evaluate import evaluate
+
+    scores = evaluate(p.ema.model if p.ema is not None else p.generator, p.cfg, p.accelerator)
+    return {f"eval_{key}": value for key, value in scores.items()}
+
+
+def log_metrics(p: Parts, step: int, clock: tuple[float, int], metrics: MetricsFile, scores: dict) -> dict:
     cfg, world = p.cfg, p.accelerator.num_processes
     seconds = time.perf_counter() - clock[0]
     images = (step - clock[1]) * cfg.train.n_critic * cfg.train.batch_size * world
     record = {"step": step, "images_seen": step * cfg.train.n_critic * cfg.train.batch_size * world}
     record.update(p.stats.reduce(p.accelerator))
-    record.update(skipped_updates=p.guard.total, peak_mem_mb=peak_memory_mb(p.accelerator.device))
+    record.update(skipped_updates=p.guard.total, peak_mem_mb=peak_memory_mb(p.accelerator.device), **scores)
     record.update(imgs_per_s=images / max(seconds, 1e-9), world_size=world, time=time.time())
     record.update(lr_d=p.opt_d.param_groups[0]["lr"], lr_g=p.opt_g.param_groups[0]["lr"])
     metrics.write(record)

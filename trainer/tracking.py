@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import uuid
@@ -79,3 +80,35 @@ def log_image(accelerator: Accelerator, name: str, path: Path, step: int) -> Non
             tracker.log_images({name: [image]}, step=step)
         elif tracker.name == "tensorboard":
             tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")
+
+
+LOWER_IS_BETTER = ("w1", "fid", "kid", "fd", "frechet", "distance")
+
+
+def summarise(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Last and best value (and the step of the best) of every eval_* metric over a run's metrics records."""
+    out: dict[str, dict[str, float]] = {}
+    for record in records:
+        for key, value in record.items():
+            if not key.startswith("eval_"):
+                continue
+            lower = any(word in key for word in LOWER_IS_BETTER)
+            entry = out.setdefault(key, {"last": value, "best": value, "best_step": record["step"]})
+            entry["last"] = value
+            if (value < entry["best"]) if lower else (value > entry["best"]):
+                entry["best"], entry["best_step"] = value, record["step"]
+    return out
+
+
+def write_summary(accelerator: Accelerator, run_dir: Path) -> None:
+    """summary.json (last and best of each evaluation metric) in the run folder, and the same in the W&B summary."""
+    if not accelerator.is_main_process:
+        return
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    summary = summarise([json.loads(line) for line in lines if line.strip()])
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            for key, entry in summary.items():
+                tracker.tracker.summary[f"{key}_best"] = entry["best"]
+                tracker.tracker.summary[f"{key}_last"] = entry["last"]
