@@ -15,6 +15,7 @@ from PIL import Image
 
 from trainer import cli, compare
 from trainer.config import load_config
+from trainer.evaluate import family
 
 TOY = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
 SHORT = ["train.steps=3", "train.n_critic=1", "log.every=1", "log.sample_every=0", "checkpoint.every=0"]
@@ -86,6 +87,7 @@ def test_sweep_commands_are_valid_train_py_invocations(path: Path, monkeypatch: 
     wandb_sweeps = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
     spec = yaml.safe_load(path.read_text())
     assert spec["method"] == "grid" and spec["program"] == "train.py"
+    assert spec["metric"]["name"] in {"eval_fd_classifier", "eval_is_classifier"}  # as the loop logs evaluate()'s
     command = spec["command"]
     assert command[:3] == ["${env}", "${interpreter}", "${program}"] and command[-1] == "${args_no_hyphens}"
     monkeypatch.chdir(ROOT)
@@ -100,6 +102,6 @@ def test_sweep_commands_are_valid_train_py_invocations(path: Path, monkeypatch: 
         cfg = load_config(parsed.config, tuple(parsed.overrides))
         for key, value in zip(keys, values, strict=True):
             assert OmegaConf.select(OmegaConf.structured(cfg), key) == value
-        assert cfg.log.tracker == "wandb" and cfg.eval.every > 0
+        assert cfg.log.tracker == "wandb" and cfg.eval.every > 0 and family(cfg.data.name) == "classifier"
         run_dirs.add(cfg.run.dir)
     assert run_dirs == {f"runs/sweeps/sweep1/run{i}" for i in range(len(run_dirs))} and len(run_dirs) > 1

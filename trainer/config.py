@@ -17,6 +17,7 @@ LOSSES = ("wgan-gp", "wgan-lp", "wgan-clip", "gan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb", "tensorboard")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 
 @dataclass
@@ -105,12 +106,13 @@ class EvalConfig:
 @dataclass
 class SpeedConfig:
     channels_last: bool = False  # NHWC weights/activations for conv presets (MLPs untouched); False = NCHW
-    compile: bool = False  # torch.compile of the generator and the critic's main pass (penalty stays eager); False = eager
-    fused_adam: bool = False  # Adam's fused kernel (one launch for all tensors); False = `speed.foreach`'s choice
-    foreach: bool = False  # Adam's multi-tensor (foreach) kernel on every device; False = PyTorch's choice (GPU only)
+    compile: bool = False  # torch.compile of G and of the critic's main pass (the penalty stays eager); False = eager
+    compile_backend: str = "inductor"  # torch.compile backend when speed.compile (aot_eager: no codegen, for debugging)
+    fused_adam: bool = False  # Adam's fused kernel (one launch for all tensors); False = PyTorch's (foreach on GPU)
+    backward_params_only: bool = True  # critic backward to its weights only (skips x_hat's unused grad); False = plain
     tf32: bool = False  # TF32 in float32 matmuls/convs on CUDA (the penalty pass under bf16/fp16); False = IEEE fp32
     penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
-    lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = every step (paper)
+    lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = always (paper)
 
 
 @dataclass
@@ -286,11 +288,12 @@ def _check_speed(cfg: Config) -> None:
         )
     _positive("speed.lazy_penalty", s.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
     optimizer = cfg.optim.name or LOSSES[cfg.loss.name].optimizer
-    if (s.fused_adam or s.foreach) and optimizer != "adam":
+    if s.fused_adam and optimizer != "adam":
         raise TrainerError(
-            f"speed.fused_adam/speed.foreach select Adam's kernel, but the optimizer is {optimizer}. "
-            f"Set optim.name=adam or leave both false."
+            f"speed.fused_adam=true selects Adam's kernel, but the optimizer is {optimizer}. "
+            f"Set optim.name=adam or speed.fused_adam=false."
         )
+    _choice("speed.compile_backend", s.compile_backend, COMPILE_BACKENDS)
 
 
 def _check_compatible(cfg: Config, dataset: Any, preset: Any) -> None:

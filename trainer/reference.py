@@ -53,14 +53,17 @@ class ReferenceLoop:
             return torch.optim.RMSprop(net.parameters(), lr=lr)
         return torch.optim.SGD(net.parameters(), lr=lr)
 
-    def step(self, timer=None) -> dict[str, float]:
-        """n_critic critic updates and one generator update; `timer` (trainer.steps.PhaseTimer) times the phases."""
+    def step(self, timer=None) -> tuple[Tensor, Tensor]:
+        """n_critic critic updates and one generator update; returns (critic losses (n_critic,), generator loss).
+
+        `timer` (trainer.steps.PhaseTimer) times the phases as the trainer's are timed.
+        """
         phase = timer.phase if timer is not None else (lambda name, device: nullcontext())
         with phase("critic", self.device):
             losses_d = [self.critic_update(phase) for _ in range(self.cfg.train.n_critic)]
         with phase("generator", self.device):
             loss_g = self.generator_update()
-        return {"loss_d": torch.stack(losses_d).mean().item(), "loss_g": loss_g.item()}
+        return torch.stack(losses_d), loss_g
 
     def critic_update(self, phase) -> Tensor:
         cfg, n = self.cfg, self.cfg.train.batch_size
@@ -90,7 +93,8 @@ class ReferenceLoop:
         return loss.detach()
 
     def generator_update(self) -> Tensor:
-        z = torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, device=self.device)
+        n = self.cfg.train.batch_size_g or self.cfg.train.batch_size
+        z = torch.randn(n, self.cfg.model.z_dim, device=self.device)
         for param in self.critic.parameters():
             param.requires_grad = False
         loss = self.spec.generator(self.critic(self.generator(z)))

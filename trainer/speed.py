@@ -6,6 +6,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 
 if TYPE_CHECKING:
@@ -44,13 +46,25 @@ def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module) -> None:
     if cfg.speed.channels_last:
         to_channels_last(generator, critic)
     if cfg.speed.compile:
-        compile_pair(generator, critic)
+        compile_pair(generator, critic, cfg.speed.compile_backend)
     set_tf32(cfg.speed.tf32)
 
 
 def adam_flags(cfg: Config) -> dict:
     """Keyword arguments selecting Adam's kernel: fused (one kernel for all tensors), or PyTorch's own choice."""
-    return {"fused": True} if cfg.speed.fused_adam else {"foreach": cfg.speed.foreach or None}
+    return {"fused": True} if cfg.speed.fused_adam else {}
+
+
+def critic_backward_kwargs(cfg: Config, accelerator: Accelerator, critic: nn.Module) -> dict:
+    """`inputs=` the critic's parameters for the critic step's backward (speed.backward_params_only), or {}.
+
+    The interpolates are a leaf that requires grad, so a plain backward also pushes the penalty's gradient down to
+    them through the double-backward graph, work nobody reads; naming the parameters lets autograd skip it. Their
+    gradients are the same. DeepSpeed's engine.backward takes no `inputs`, so there it is a plain backward.
+    """
+    if not cfg.speed.backward_params_only or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return {}
+    return {"inputs": [q for q in critic.parameters() if q.requires_grad]}
 
 
 def set_tf32(allowed: bool) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from trainer.losses import (
     gradient_penalty,
 )
 from trainer.runtime import fp32_forward, raw_module
-from trainer.speed import adam_flags, penalty_plan
+from trainer.speed import adam_flags, critic_backward_kwargs, penalty_plan
 from trainer.stats import Stats
 
 
@@ -167,7 +167,7 @@ def critic_step(p: Parts) -> None:
     if FAULT_NAN_STEPS & {(p.step + 1, -1), (p.step + 1, p.accelerator.process_index)}:
         loss = loss * float("nan")
     p.opt_d.zero_grad(set_to_none=True)
-    p.accelerator.backward(loss)
+    p.accelerator.backward(loss, **critic_backward_kwargs(cfg, p.accelerator, p.critic))  # none into x_hat
     p.guard.step(p, p.opt_d, p.critic)
     if p.spec.clip:
         clip_weights(raw_module(p.critic), cfg.loss.clip)
