@@ -86,8 +86,10 @@ if ((per_node < 1)); then
 fi
 export WGAN_GP_NUM_MACHINES=$nodes
 export WGAN_GP_NUM_PROCESSES=$((nodes * per_node))
-WGAN_GP_MAIN_HOST=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
-export WGAN_GP_MAIN_HOST
+main_node=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
+# The address SLURM itself reaches the node at (its NodeAddr; usually the node name).
+WGAN_GP_MAIN_HOST=$(scontrol show node "$main_node" -o 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
+export WGAN_GP_MAIN_HOST=${WGAN_GP_MAIN_HOST:-$main_node}
 export WGAN_GP_MAIN_PORT=$((10000 + ${SLURM_JOB_ID:-0} % 20000)) # per job, below the ephemeral port range
 # torchrun (under accelerate launch) forwards only TERM/INT/HUP/QUIT by default and dies of USR1, which would leave
 # its workers to be killed mid-checkpoint. With USR1 on its list it relays it and waits for the workers to exit.

@@ -1,4 +1,4 @@
-"""Real SLURM: `sbatch slurm/run.sh` on the one-node CPU cluster of tests/slurm/setup_cluster.sh, 2 gloo ranks.
+"""Real SLURM: `sbatch slurm/run.sh` on the CPU cluster of tests/slurm/setup_cluster.sh, 2 gloo ranks.
 
 Real daemons (slurmctld, slurmd, munged), real sbatch/scancel/scontrol, real signals; nothing is mocked. The one
 liberty: a requeued job waits out SLURM's fixed two-minute hold, which the test lifts with `scontrol update
@@ -22,7 +22,7 @@ from conftest import ROOT, TINY, read_metrics
 
 def _cluster_missing() -> str | None:
     if shutil.which("sbatch") is None:
-        return "sbatch not found: run tests/slurm/setup_cluster.sh (as root) to install and start a one-node cluster"
+        return "sbatch not found: run tests/slurm/setup_cluster.sh (as root) to install and start a local cluster"
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     if "UP" not in ping.stdout:
         return f"no SLURM controller answers ({(ping.stdout + ping.stderr).strip()}): run tests/slurm/setup_cluster.sh"
@@ -38,19 +38,20 @@ TIMEOUT_S, SHUTDOWN_S = 5, 10  # process-group timeout for the hung rank; the la
 class Job:
     """One sbatch submission of slurm/run.sh and what scontrol says about it."""
 
-    def __init__(self, tmp_path: Path, run_dir: Path, steps: int, *extra: str) -> None:
+    def __init__(self, tmp_path: Path, run_dir: Path, steps: int, *extra: str, nodes: int = 1) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK"))}
         env.update(
             OMP_NUM_THREADS="1",
             WANDB_MODE="offline",
             PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-            WGAN_GP_PROCS_PER_NODE="2",
+            WGAN_GP_PROCS_PER_NODE=str(2 // nodes),
             WGAN_GP_SHUTDOWN_S=str(SHUTDOWN_S),
         )
         self.log = tmp_path / "slurm.out"
         sbatch = [
-            "sbatch", "--parsable", f"--job-name=wgan-gp-test-{os.getpid()}", "--gres=none", "--cpus-per-task=2",
-            f"--output={self.log}", "slurm/run.sh", f"run.dir={run_dir}", *TINY, f"train.steps={steps}", *extra,
+            "sbatch", "--parsable", f"--job-name=wgan-gp-test-{os.getpid()}", f"--nodes={nodes}", "--gres=none",
+            "--cpus-per-task=2", f"--output={self.log}",
+            "slurm/run.sh", f"run.dir={run_dir}", *TINY, f"train.steps={steps}", *extra,
         ]  # fmt: skip
         out = subprocess.run(sbatch, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
         self.id = out.strip().split(";")[0]
@@ -128,23 +129,25 @@ def _final_checkpoint(run_dir: Path, steps: int) -> dict:
     return state
 
 
-def test_sbatch_trains_two_ranks_to_completion(tmp_path: Path) -> None:
-    run_dir, steps = tmp_path / "run", 4
-    job = Job(tmp_path, run_dir, steps)
+def test_sbatch_two_nodes_one_process_each(tmp_path: Path) -> None:
+    """Two slurmd nodes (n1, n2 on this machine): one launcher per node, machine rank from $SLURM_NODEID."""
+    if int(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.count("\n")) < 2:
+        pytest.skip("the cluster has one node: tests/slurm/setup_cluster.sh sets up two")
+    run_dir, steps = tmp_path / "run", 3
+    job = Job(tmp_path, run_dir, steps, nodes=2)
     try:
         info = job.wait_finished()
     finally:
         job.cancel()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", job.text()
-    metrics = read_metrics(run_dir)
-    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
-    assert {m["world_size"] for m in metrics} == {2}
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0" and info["NumNodes"] == "2", job.text()
+    assert "2 node(s) x 1 cpu process(es)" in job.text() and "training finished" in job.text()
+    assert [m["world_size"] for m in read_metrics(run_dir)] == [2] * steps
     _final_checkpoint(run_dir, steps)
-    assert "1 node(s) x 2 cpu process(es)" in job.text() and "training finished" in job.text()
 
 
 def test_preempted_and_hung_job_requeues_itself_and_resumes(tmp_path: Path) -> None:
-    """USR1 (as SLURM sends it before the time limit), then a hung rank: both times the job comes back and resumes."""
+    """One node, 2 processes. USR1 (as SLURM sends it before the time limit), then a hung rank: both times the job
+    comes back and resumes, and it completes at the final step with every step logged once, from 2 ranks."""
     run_dir, steps, every = tmp_path / "run", 80, 20
     job = Job(
         tmp_path, run_dir, steps, f"checkpoint.every={every}", "checkpoint.keep=0", f"train.timeout_s={TIMEOUT_S}"
@@ -168,9 +171,9 @@ def test_preempted_and_hung_job_requeues_itself_and_resumes(tmp_path: Path) -> N
     finally:
         job.cancel()
     log = job.text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "2", log
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0" and info["Restarts"] == "2", log
+    assert "1 node(s) x 2 cpu process(es)" in log and log.rstrip().endswith("training finished")
     assert "closing signal SIGUSR1" in log, "the launcher did not relay USR1 to its workers"
-    assert f"stopped by SIGUSR1 at step {preempted}" in log
     assert f"resuming from {run_dir}/checkpoints/step-{preempted:08d} at step {preempted};" in log
     third = log.split("(restart 2)", 1)[1]
     assert f"resuming from {run_dir}/checkpoints/step-000000" in third, "the third attempt did not resume"

@@ -45,6 +45,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TrainerError as err:
         report_error(err)
         return EXIT_USER_ERROR
+    except RuntimeError as err:
+        if not any(text in str(err) for text in ("Timed out", "Connection closed by peer", "Connection reset by peer")):
+            raise
+        print(  # on every rank: the main process may be the one that died
+            f"error: another process died or hung longer than train.timeout_s ({str(err).splitlines()[0][:200]}). "
+            f"Rerun with run.resume=latest to continue from the last checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_USER_ERROR
     except Preempted as stop:
         if os.environ.get("RANK", "0") == "0":
             print(

@@ -32,6 +32,7 @@ from trainer.visual import save_grid, save_toy_plot
 
 def train(cfg: Config) -> Path:
     """Runs (or resumes) the experiment `cfg`; returns the run folder."""
+    stop = StopFlag()  # before any slow start-up work, so an early SIGUSR1/SIGTERM still ends in a checkpoint
     accelerator = make_accelerator(cfg)
     run_dir, resume_from = prepare_run_dir(cfg, accelerator)
     p = build_parts(cfg, accelerator)
@@ -41,7 +42,7 @@ def train(cfg: Config) -> Path:
         p.batches.load_state_dict(record["data"])
     announce(p, run_dir, resume_from)
     try:
-        run_loop(p, run_dir, StopFlag())
+        run_loop(p, run_dir, stop)
         write_summary(accelerator, run_dir)
     finally:
         accelerator.end_training()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Stands up a real one-node SLURM cluster on this machine (CPU only) for tests/test_slurm.py: Debian's slurm-wlm
-# daemons (munged, slurmctld, slurmd), configured for localhost. Idempotent: a running cluster is left as it is.
+# Stands up a real SLURM cluster on this machine (CPU only) for tests/test_slurm.py: Debian's slurm-wlm daemons
+# (munged, slurmctld, and one slurmd per node) on localhost. Two nodes, n1 and n2, each a slurmd of its own on its
+# own port (SLURM's multiple-slurmd mode), both on this machine's CPUs: one-node jobs are the usual case, two-node
+# jobs exercise slurm/run.sh's multi-node launch. Idempotent: a running cluster is left as it is.
 # Needs root (CI and the dev machines run as root). Usage: bash tests/slurm/setup_cluster.sh
 set -euo pipefail
 
@@ -8,16 +10,18 @@ conf_dir=/etc/slurm
 state_dir=/var/spool/slurm-ci
 log_dir=/var/log/slurm-ci
 
-if scontrol ping 2>/dev/null | grep -q "is UP" && sinfo -h -o %T 2>/dev/null | grep -qE "idle|mix|alloc"; then
+nodes=(n1 n2)
+if scontrol ping 2>/dev/null | grep -q "is UP" && [[ $(sinfo -h -N -o %T 2>/dev/null | grep -cE "idle|mix|alloc") == "${#nodes[@]}" ]]; then
     echo "slurm: cluster already up"
     exit 0
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null ||
+    ! command -v pgrep >/dev/null; then
     echo "slurm: installing slurmctld, slurmd, slurm-client and munge from Debian"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge procps >/dev/null
 fi
 
 # munge authenticates every SLURM message; the package creates the key, its daemon runs as the munge user.
@@ -32,11 +36,16 @@ if ! pgrep -u munge -x munged >/dev/null; then
 fi
 
 host=$(hostname -s)
-# What slurmd sees on this machine: a node configured with more than it has is drained.
-node_line=$(slurmd -C | head -n 1 | sed -e "s/^NodeName=[^ ]*/NodeName=${host}/")
-mkdir -p "$conf_dir" "$state_dir/ctld" "$state_dir/d" "$log_dir"
+# What slurmd sees on this machine (a node configured with more than it has is drained), for each node.
+hardware=$(slurmd -C | head -n 1 | sed -e 's/^NodeName=[^ ]* //')
+mkdir -p "$conf_dir" "$state_dir/ctld" "$log_dir"
+node_lines=""
+for i in "${!nodes[@]}"; do
+    mkdir -p "$state_dir/${nodes[$i]}"
+    node_lines+="NodeName=${nodes[$i]} NodeHostname=${host} NodeAddr=127.0.0.1 Port=$((6818 + i)) ${hardware} State=UNKNOWN"$'\n'
+done
 cat >"$conf_dir/slurm.conf" <<CONF
-# Written by tests/slurm/setup_cluster.sh: a one-node CPU cluster on localhost for the trainer's SLURM tests.
+# Written by tests/slurm/setup_cluster.sh: a CPU cluster on localhost for the trainer's SLURM tests.
 ClusterName=ci
 SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=root
@@ -44,13 +53,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 StateSaveLocation=${state_dir}/ctld
-SlurmdSpoolDir=${state_dir}/d
+SlurmdSpoolDir=${state_dir}/%n
 SlurmctldPidFile=/run/slurmctld-ci.pid
-SlurmdPidFile=/run/slurmd-ci.pid
+SlurmdPidFile=/run/slurmd-ci-%n.pid
 SlurmctldLogFile=${log_dir}/slurmctld.log
-SlurmdLogFile=${log_dir}/slurmd.log
+SlurmdLogFile=${log_dir}/slurmd-%n.log
 SlurmctldPort=6817
-SlurmdPort=6818
 # No cgroups in a container: track processes through /proc, no task binding.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -66,24 +74,28 @@ MinJobAge=600
 JobRequeue=1
 KillWait=30
 InactiveLimit=0
-${node_line} State=UNKNOWN
-PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+${node_lines}PartitionName=debug Nodes=$(IFS=,; echo "${nodes[*]}") Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 
-if ! pgrep -x slurmctld >/dev/null; then
-    slurmctld -c # a fresh controller state: no jobs left from an earlier CI run
-fi
-if ! pgrep -x slurmd >/dev/null; then
-    slurmd
-fi
+# Daemons of an earlier, different setup of this script would keep their old config: stop them (ours only).
+for pid_file in /run/slurmctld-ci.pid /run/slurmd-ci*.pid; do
+    if [[ -s $pid_file ]] && kill "$(cat "$pid_file")" 2>/dev/null; then
+        sleep 1
+    fi
+    rm -f "$pid_file"
+done
+slurmctld -c # a fresh controller state: no jobs left from an earlier run
+for node in "${nodes[@]}"; do
+    slurmd -N "$node"
+done
 
 for _ in $(seq 1 60); do
-    if sinfo -h -o %T 2>/dev/null | grep -qE "^(idle|mix|alloc)"; then
-        echo "slurm: one-node cluster up ($(sinfo -h -o '%N %c CPUs %T'))"
+    if [[ $(sinfo -h -N -o %T 2>/dev/null | grep -cE "^(idle|mix|alloc)") == "${#nodes[@]}" ]]; then
+        echo "slurm: cluster up: $(sinfo -h -N -o '%N (%c CPUs, %T)' | tr '\n' ' ')"
         exit 0
     fi
     sleep 1
 done
 echo "slurm: the node did not come up; sinfo says: $(sinfo -h -o '%N %T %E' 2>&1)" >&2
-tail -n 20 "$log_dir/slurmctld.log" "$log_dir/slurmd.log" >&2 || true
+tail -n 20 "$log_dir"/*.log >&2 || true
 exit 1

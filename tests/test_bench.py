@@ -1,0 +1,98 @@
+"""`python -m trainer.bench` in a tiny configuration: it runs, and its JSON has every field (no speed assertion)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from conftest import ok, run_cmd
+from torch import nn
+
+from trainer.bench import main as bench_main
+from trainer.flops import count_flops, peak_tflops
+from trainer.losses import gradient_penalty
+
+TINY_BENCH = [
+    "--warmup", "1", "--rounds", "2", "--round-seconds", "0.01", "--split-steps", "1", "--threads", "1",
+    "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2",
+]  # fmt: skip
+SIDE_FIELDS = {
+    "gen_it_per_s", "critic_img_per_s", "ms_per_step", "cpu_ms_per_step", "time_split_ms", "penalty_share",
+    "peak_mem_mb", "flops_per_step", "achieved_tflops", "fraction_of_peak", "rounds_it_per_s",
+}  # fmt: skip
+TOP_FIELDS = {
+    "speedup", "speedup_of_medians", "speedup_cpu_time", "contenders", "against", "device", "precision", "threads",
+    "world_size", "peak_tflops", "peak_basis", "peak_mem_basis", "rounds", "warmup_steps", "synthetic_images", "config",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bench_against_the_reference_writes_every_field(tmp_path):
+    """The real entry point, `python -m trainer.bench`, in a subprocess."""
+    out = tmp_path / "bench.json"
+    proc = ok(run_cmd([sys.executable, "-m", "trainer.bench", *TINY_BENCH, "--out", str(out)]))
+    assert "trainer vs reference" in proc.stdout and "GFLOP per step" in proc.stdout
+    res = json.loads(out.read_text())
+    assert set(res) == TOP_FIELDS | {"trainer", "reference"} and res["contenders"] == ["trainer", "reference"]
+    for side in (res["trainer"], res["reference"]):
+        assert set(side) == SIDE_FIELDS
+        assert set(side["time_split_ms"]) == {"critic", "penalty", "generator"}
+        assert side["gen_it_per_s"] > 0 and len(side["rounds_it_per_s"]) == 2
+        assert side["critic_img_per_s"] == pytest.approx(side["gen_it_per_s"] * 2 * 16)
+        assert 0 < side["penalty_share"] < 1 and side["time_split_ms"]["penalty"] > 0
+    assert math.isfinite(res["speedup"]) and res["speedup"] > 0
+    # The same networks and math: equal FLOPs, less the gradient into the interpolates the trainer skips (< 3%).
+    t, r = res["trainer"]["flops_per_step"], res["reference"]["flops_per_step"]
+    assert 0.97 * r <= t <= r
+    assert res["device"] == "cpu" and res["peak_tflops"] is None and res["trainer"]["fraction_of_peak"] is None
+    assert res["config"]["model"]["width"] == 8 and res["threads"] == 1
+
+
+def test_bench_on_synthetic_mnist_shaped_data_against_a_trainer_variant(tmp_path, capsys):
+    """The seed DCGAN preset at 28x28 without MNIST files; --against races two trainer configurations."""
+    out, mnist = tmp_path / "bench.json", ["data.name=mnist", "data.image_size=28", "model.name=dcgan28"]
+    args = ["--synthetic", "64", "--peak-tflops", "1", "--against", "speed.fused_adam=false", "--out", str(out)]
+    assert bench_main([*TINY_BENCH, *args, *mnist, "speed.fused_adam=true"]) == 0
+    assert "trainer vs baseline" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["contenders"] == ["trainer", "baseline"] and res["against"] == "speed.fused_adam=false"
+    assert res["synthetic_images"] == 64 and res["peak_tflops"] == 1.0
+    assert 0 < res["trainer"]["fraction_of_peak"] < 1
+    assert res["trainer"]["flops_per_step"] == res["baseline"]["flops_per_step"]  # same math, other Adam kernel
+
+
+def test_bench_without_the_dataset_says_how_to_run_offline(tmp_path, capsys):
+    assert bench_main(["data.name=mnist", "data.image_size=28", "model.name=dcgan28", f"data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "--synthetic" in err and "not found" in err
+
+
+def test_count_flops_matches_a_closed_form_and_survives_the_double_backward():
+    n, d = 8, 32
+    linear = nn.Linear(d, 1, bias=False)
+    x, y = torch.randn(n, d), torch.randn(n, d)
+    assert count_flops(lambda: linear(x)) == 2 * n * d  # one (n, d) x (d, 1) matmul
+    penalty = count_flops(lambda: gradient_penalty(linear, x, y)[0].backward())
+    assert penalty >= 2 * 2 * n * d  # at least the forward and the input-gradient matmul, and it did not raise
+
+
+def test_peak_table_by_device_name_and_override(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert peak_tflops(cuda, "bf16", False)[0] == 989.0
+    assert peak_tflops(cuda, "no", True)[0] == 494.0 and peak_tflops(cuda, "no", False)[0] == 67.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert peak_tflops(cuda, "bf16", False)[0] == 756.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mystery GPU")
+    assert peak_tflops(cuda, "bf16", False)[0] is None and peak_tflops(cuda, "bf16", False, 123.0)[0] == 123.0
+    assert peak_tflops(torch.device("cpu"), "no", False)[0] is None

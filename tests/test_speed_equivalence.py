@@ -1,0 +1,192 @@
+"""Execution options leave the math alone: same seed, same losses and weights as the plain path, within a tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from conftest import ROOT
+from torch.utils.data import Dataset
+
+from trainer import steps
+from trainer.batches import StreamBatches
+from trainer.bench import TrainerStep, bench_images
+from trainer.config import load_config
+from trainer.errors import TrainerError
+from trainer.reference import ReferenceLoop
+from trainer.runtime import raw_module
+from trainer.speed import float32_modes, penalty_plan, set_tf32, tf32_modes
+
+# Digits 8x8, a narrow conv pair, 2 critic steps per generator step, one thread (deterministic kernels), no EMA.
+TINY = (
+    "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2", "train.ema_decay=0",
+    "train.cpu_threads=1", "seed=3",
+)  # fmt: skip
+STEPS = 3
+# Same inputs, same formulas: only the order of float32 additions differs (one batch of 2n rows instead of two of n,
+# NHWC kernels, the fused Adam kernel), ~1e-7 relative per op. Measured over these 3 steps: losses within 4e-7
+# relative, weights within 7e-9 (relative norm of the difference). The tolerances leave a 25x and 150x margin for
+# other CPUs' kernels and still fail a genuine change: lambda 10 -> 10.001 moves the losses by 1e-4 (the control
+# below uses 10.1: 1e-2 and 4e-5).
+LOSS_TOL, WEIGHT_TOL = 1e-5, 1e-6
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _weights(*nets: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([q.detach().float().flatten() for net in nets for q in raw_module(net).parameters()])
+
+
+def run_trainer(*overrides: str, stream: bool = False) -> tuple[list[tuple[float, float]], torch.Tensor]:
+    """(loss_d, loss_g) per generator step and all weights afterwards, for the trainer with these overrides."""
+    cfg = load_config(None, (*TINY, *overrides))
+    trainer = TrainerStep(cfg, bench_images(cfg, 0))
+    p = trainer.parts
+    if stream:  # the DataLoader path over the same images and the same sharded order
+        p.batches = StreamBatches(_Uint8(bench_images(cfg, 0)), cfg.train.batch_size, 0, 1, cfg.seed, trainer.device)
+    losses = []
+    for _ in range(STEPS):
+        trainer.step()
+        record = p.stats.reduce(trainer.accelerator)
+        losses.append((record["loss_d"], record["loss_g"]))
+    return losses, _weights(p.generator, p.critic)
+
+
+def run_reference(*overrides: str) -> tuple[list[tuple[float, float]], torch.Tensor]:
+    """The plain loop (three critic forwards, plain backward) fed the trainer's batches and noise stream."""
+    cfg = load_config(None, (*TINY, *overrides))
+    order = TrainerStep(cfg, bench_images(cfg, 0)).parts.batches  # a fresh copy of the trainer's batch order
+    reference = ReferenceLoop(cfg, torch.device("cpu"), iter(order.next, None))
+    torch.manual_seed(cfg.seed)  # the trainer reseeds after building its networks (seed + rank 0)
+    losses = []
+    for _ in range(STEPS):
+        loss_d, loss_g = reference.step()
+        losses.append((loss_d.mean().item(), loss_g.item()))
+    return losses, _weights(reference.generator, reference.critic)
+
+
+class _Uint8(Dataset):
+    """uint8 images as a map-style dataset in StreamBatches' format: (image, label, index, replaced)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        return self.images[index], 0, index, 0
+
+
+def assert_same(a, b, loss_tol: float = LOSS_TOL, weight_tol: float = WEIGHT_TOL) -> None:
+    (losses_a, weights_a), (losses_b, weights_b) = a, b
+    assert torch.tensor(losses_a) == pytest.approx(torch.tensor(losses_b), rel=loss_tol, abs=loss_tol)
+    drift = ((weights_a - weights_b).norm() / weights_b.norm()).item()
+    assert drift <= weight_tol, f"weights differ by {drift:.2e} (relative norm)"
+
+
+@pytest.fixture(scope="module")
+def plain():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return run_trainer()
+
+
+def test_trainer_equals_the_plain_three_forward_loop(plain):
+    """Concatenated real+fake forward, on-device batches and the parameters-only backward vs the plain loop."""
+    assert_same(plain, run_reference())
+
+
+def test_plain_backward_equals_parameters_only_backward(plain):
+    assert_same(plain, run_trainer("speed.backward_params_only=false"), loss_tol=1e-7, weight_tol=1e-7)
+
+
+def test_on_device_batches_equal_the_dataloader_stream(plain):
+    assert_same(plain, run_trainer(stream=True), loss_tol=0, weight_tol=0)  # the very same batches and kernels
+
+
+@pytest.mark.parametrize("option", ["speed.channels_last=true", "speed.fused_adam=true"])
+def test_execution_option_keeps_the_math(plain, option):
+    assert_same(plain, run_trainer(option))
+
+
+def test_compiled_main_pass_with_eager_penalty_keeps_the_math(plain):
+    """torch.compile wiring (dynamo + aot_autograd for G and the critic's main pass, the penalty eager); the
+    aot_eager backend skips inductor's code generation, which takes minutes on 2 cores (the bench measures it)."""
+    torch._dynamo.reset()
+    assert_same(plain, run_trainer("speed.compile=true", "speed.compile_backend=aot_eager"))
+
+
+def test_the_tolerances_catch_a_real_change(plain):
+    """Control: lambda 10 -> 10.1 must fail each comparison on its own, else a tolerance is too loose to mean much."""
+    changed = run_trainer("loss.gp_weight=10.1")
+    with pytest.raises(AssertionError):
+        assert_same(plain, changed, weight_tol=1.0)  # the losses alone
+    with pytest.raises(AssertionError):
+        assert_same(plain, changed, loss_tol=1.0)  # the weights alone
+
+
+def test_lazy_penalty_schedule_and_weight():
+    cfg = load_config(None, (*TINY, "train.n_critic=5", "speed.lazy_penalty=3"))
+    due = [penalty_plan(cfg, step, c, 16)[1] > 0 for step in range(3) for c in range(5)]
+    assert due == [i % 3 == 0 for i in range(15)]
+    resumed = [penalty_plan(cfg, 2, c, 16)[1] > 0 for c in range(5)]  # a new process starts at step 2, count 0
+    assert resumed == due[10:]
+    assert penalty_plan(cfg, 0, 0, 16) == (16, 30.0)  # lambda * k on the steps that pay
+
+
+def test_lazy_penalty_enters_the_loss_with_weight_k():
+    """Step 0 pays lambda * 2 * GP, so its critic loss exceeds the paper's by lambda * GP; step 1 has no penalty."""
+    (paper, _), cfg = (
+        run_trainer("train.n_critic=1"),
+        load_config(None, (*TINY, "train.n_critic=1", "speed.lazy_penalty=2")),
+    )
+    trainer = TrainerStep(cfg, bench_images(cfg, 0))
+    trainer.step()
+    first = trainer.parts.stats.reduce(trainer.accelerator)
+    trainer.step()
+    assert "penalty" not in trainer.parts.stats.reduce(trainer.accelerator)
+    assert first["loss_d"] - paper[0][0] == pytest.approx(10.0 * first["penalty"], rel=1e-4)
+
+
+def test_penalty_fraction_uses_the_first_rows(monkeypatch):
+    seen, original = [], steps.gradient_penalty
+
+    def spy(critic, real, fake, eps, **kw):
+        seen.append(len(real))
+        return original(critic, real, fake, eps, **kw)
+
+    monkeypatch.setattr(steps, "gradient_penalty", spy)
+    run_trainer("speed.penalty_fraction=0.25")
+    assert seen == [4] * STEPS * 2  # a quarter of 16, on every critic step
+
+
+def test_tf32_modes_are_set_and_restored():
+    before = tf32_modes()
+    with float32_modes(("ieee", "ieee")):
+        set_tf32(True)
+        assert tf32_modes() == ("tf32", "tf32")
+    assert tf32_modes() == before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("speed.penalty_fraction=0", "speed.penalty_fraction=0.0 is impossible"),
+        ("speed.penalty_fraction=1.5", "must be in (0, 1]"),
+        ("speed.lazy_penalty=0", "speed.lazy_penalty=0 is impossible"),
+        ("speed.compile_backend=tvm", "speed.compile_backend='tvm' is not a valid choice"),
+    ],
+)
+def test_speed_keys_are_validated(override, message):
+    with pytest.raises(TrainerError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, (override,))
+
+
+def test_fused_adam_needs_adam():
+    with pytest.raises(TrainerError, match="optimizer is rmsprop"):
+        load_config(str(ROOT / "configs/mnist-wgan-clip.yaml"), ("speed.fused_adam=true",))
