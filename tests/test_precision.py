@@ -14,11 +14,11 @@ from conftest import TINY, ok, python_train, read_metrics
 
 from trainer.config import load_config
 from trainer.data import make_batches
-from trainer.steps import Parts, critic_step, make_optimizers
 from trainer.losses import LOSSES, gradient_penalty, wasserstein_critic_loss
 from trainer.models import build_models
 from trainer.runtime import fp32_forward
 from trainer.stats import Stats
+from trainer.steps import Parts, critic_step, make_optimizers
 
 DEVICE_PRECISIONS = ["bf16"] + (["fp16"] if torch.cuda.is_available() else [])  # Accelerate has no fp16 on CPU
 

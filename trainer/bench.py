@@ -180,6 +180,7 @@ def summary(c: Contender, cfg: Config, peak: Optional[float], world: int) -> dic
         "achieved_tflops": c.flops * it_per_s / 1e12,
         "fraction_of_peak": c.flops * it_per_s / (peak * 1e12) if peak else None,
         "rounds_it_per_s": [1 / s for s in c.seconds_per_step],
+        "fp32_modes": dict(zip(("matmul", "conv"), c.modes, strict=True)),  # CUDA's TF32 use: tf32, ieee, none
     }
 
 
@@ -264,6 +265,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     race(contenders, args)
     res = result(cfg, args, trainer, contenders)
+    if not trainer.accelerator.is_main_process:  # under DDP every rank races; the main one reports
+        return 0
     print_table(res)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
