@@ -150,11 +150,20 @@ class Contender:
             self.flops = count_flops(lambda: self.step(None))
 
 
+def agreed(steps: int, device: torch.device) -> int:
+    """The largest of the processes' step counts: under DDP every process must run as many steps as the others."""
+    if not torch.distributed.is_initialized():
+        return steps
+    count = torch.tensor([steps], device=device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    return int(count.item())
+
+
 def race(contenders: list[Contender], args: argparse.Namespace) -> None:
     """Warm-up, steps per round calibrated to --round-seconds, rounds alternating A, B, A, B; then split and FLOPs."""
     per_round, warmup = {}, max(args.warmup, 1)
     for c in contenders:
-        per_round[c.name] = max(1, round(args.round_seconds * warmup / max(c.run(warmup)[0], 1e-9)))
+        per_round[c.name] = agreed(max(1, round(args.round_seconds * warmup / max(c.run(warmup)[0], 1e-9))), c.device)
     for _ in range(args.rounds):
         for c in contenders:
             seconds, cpu_seconds = c.run(per_round[c.name])
