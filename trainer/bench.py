@@ -12,22 +12,17 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from accelerate.utils import set_seed
 
 from trainer.batches import ImageBatches
 from trainer.config import Config, load_config, to_dict
 from trainer.data import DATASETS, load_images
-from trainer.ema import EMA
 from trainer.errors import TrainerError
 from trainer.flops import count_flops, peak_tflops
-from trainer.loop import apply_schedule
-from trainer.losses import LOSSES
-from trainer.models import build_models
+from trainer.loop import build_parts, train_step
 from trainer.reference import ReferenceLoop, dataloader_batches
-from trainer.runtime import make_accelerator, prepare_pair
-from trainer.speed import apply_speed, float32_modes, tf32_modes
-from trainer.stats import Stats
-from trainer.steps import NonFiniteGuard, Parts, PhaseTimer, critic_step, generator_step, make_optimizers
+from trainer.runtime import make_accelerator
+from trainer.speed import float32_modes, tf32_modes
+from trainer.steps import PhaseTimer
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -69,32 +64,15 @@ class TrainerStep:
         self.accelerator = accelerator = make_accelerator(cfg)
         self.device, self.world = accelerator.device, accelerator.num_processes
         self.precision = accelerator.mixed_precision
-        set_seed(cfg.seed)
         rank, batch = accelerator.process_index, cfg.train.batch_size
         batches = ImageBatches(images.to(self.device), batch, rank, self.world, cfg.seed)
-        channels = DATASETS[cfg.data.name].channels
-        generator, critic = build_models(cfg.model.name, cfg.model.z_dim, cfg.model.width, channels, images.shape[-1])
-        ema = EMA(generator, cfg.train.ema_decay).to(self.device) if cfg.train.ema_decay > 0 else None
-        apply_speed(cfg, generator, critic)
+        self.parts = build_parts(cfg, accelerator, batches)
         self.modes = tf32_modes()  # what cfg.speed.tf32 set; restored around each of this contender's runs
-        spec = LOSSES[cfg.loss.name]
-        opt_g, opt_d = make_optimizers(cfg, spec, generator, critic)
-        generator, critic, opt_g, opt_d = prepare_pair(accelerator, generator, critic, opt_g, opt_d)
-        set_seed(cfg.seed, device_specific=True)
-        guard = NonFiniteGuard(cfg.train.max_nonfinite)
-        self.parts = Parts(cfg, accelerator, spec, generator, critic, opt_g, opt_d, batches, ema, Stats(), guard=guard)
 
     def step(self, timer: Optional[PhaseTimer] = None) -> None:
-        """One generator iteration as trainer.loop.run_loop runs it: schedule, n_critic critic steps, generator."""
-        p = self.parts
-        p.timer = timer or PhaseTimer()
-        apply_schedule(p)
-        with p.timer.phase("critic", self.device):
-            for _ in range(p.cfg.train.n_critic):
-                critic_step(p)
-        with p.timer.phase("generator", self.device):
-            generator_step(p)
-        p.step += 1
+        """One generator iteration exactly as trainer.loop.run_loop runs it."""
+        self.parts.timer = timer or PhaseTimer()
+        train_step(self.parts)
 
 
 def sync(device: torch.device) -> None:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from trainer import checkpoint
 from trainer.config import Config, to_yaml
-from trainer.data import DATASETS, TOYS, batches_from_config
+from trainer.data import DATASETS, TOYS, Batches, batches_from_config
 from trainer.ema import EMA
 from trainer.layers import class_rows
 from trainer.losses import LOSSES
@@ -49,12 +49,13 @@ def train(cfg: Config) -> Path:
     return run_dir
 
 
-def build_parts(cfg: Config, accelerator: Accelerator) -> Parts:
-    """Data, models, EMA, optimizers, prepared for the launch; then each process seeded for its own noise."""
+def build_parts(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = None) -> Parts:
+    """Data (unless `batches` is given), models, EMA, optimizers, prepared; then each process seeded for its noise."""
     set_seed(cfg.seed)  # the same initial weights on every process
-    with accelerator.main_process_first():  # a download happens once, on the main process
-        batches = batches_from_config(cfg, accelerator.device, accelerator.process_index, accelerator.num_processes)
-    num_classes = batches.num_classes if cfg.model.conditional else 0
+    if batches is None:
+        with accelerator.main_process_first():  # a download happens once, on the main process
+            batches = batches_from_config(cfg, accelerator.device, accelerator.process_index, accelerator.num_processes)
+    num_classes = getattr(batches, "num_classes", 0) if cfg.model.conditional else 0
     channels = DATASETS[cfg.data.name].channels
     generator, critic = build_models(
         cfg.model.name, cfg.model.z_dim, cfg.model.width, channels, cfg.data.image_size, num_classes=num_classes
@@ -71,6 +72,17 @@ def build_parts(cfg: Config, accelerator: Accelerator) -> Parts:
     return parts
 
 
+def train_step(p: Parts) -> None:
+    """One generator iteration: the learning rates for it, n_critic critic steps, one generator step."""
+    apply_schedule(p)
+    with p.timer.phase("critic", p.accelerator.device):
+        for _ in range(p.cfg.train.n_critic):
+            critic_step(p)
+    with p.timer.phase("generator", p.accelerator.device):
+        generator_step(p)
+    p.step += 1
+
+
 def apply_schedule(p: Parts) -> None:
     """Sets both learning rates for the coming generator step: a pure function of the step, so resume is exact."""
     factor = lr_factor(p.cfg.optim.schedule, p.step, p.cfg.train.steps)
@@ -85,17 +97,10 @@ def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
     fixed_z = torch.randn(cfg.log.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     bar = tqdm(total=cfg.train.steps, initial=p.step, disable=not accelerator.is_main_process, dynamic_ncols=True)
     clock = (time.perf_counter(), p.step)
-    device = accelerator.device
     while p.step < cfg.train.steps:
-        apply_schedule(p)
         p.timer.enabled = (p.step + 1) % cfg.log.every == 0 or p.step + 1 == cfg.train.steps
-        with p.timer.phase("critic", device):
-            for _ in range(cfg.train.n_critic):
-                critic_step(p)
-        with p.timer.phase("generator", device):
-            generator_step(p)
+        train_step(p)
         p.timer.report(p.stats)
-        p.step += 1
         bar.update(1)
         step, last = p.step, p.step == cfg.train.steps
         scores = maybe_evaluate(p, step, last)
