@@ -213,12 +213,13 @@ def validate(cfg: Config) -> None:
             f"log.tracker={cfg.log.tracker} needs the '{package}' package, which is not installed. Install it "
             f"(pip install {package}) or use log.tracker=none (metrics.jsonl is always written)."
         )
+    node = OmegaConf.structured(cfg)  # dotted-key lookups below
     _positive("loss.gp_weight", cfg.loss.gp_weight, 0, "0 or more (10 in the paper)")
     _positive("loss.drift", cfg.loss.drift, 0, "0 or more (0.001 in ProGAN)")
     if not cfg.loss.clip > 0:
         raise TrainerError(f"loss.clip={cfg.loss.clip} is impossible: it must be greater than 0 (0.01 in WGAN).")
     for key in ("train.steps", "train.batch_size", "train.n_critic", "log.every", "log.num_samples", "model.z_dim"):
-        _positive(key, OmegaConf.select(OmegaConf.structured(cfg), key))
+        _positive(key, OmegaConf.select(node, key))
     for key in (
         "log.sample_every",
         "checkpoint.every",
@@ -227,7 +228,7 @@ def validate(cfg: Config) -> None:
         "train.cpu_threads",
         "train.max_nonfinite",
     ):
-        _positive(key, OmegaConf.select(OmegaConf.structured(cfg), key), 0, "0 or more")
+        _positive(key, OmegaConf.select(node, key), 0, "0 or more")
     _positive("train.timeout_s", cfg.train.timeout_s, 1, "at least 1 (seconds; 600 by default)")
     if (
         cfg.train.deepspeed is not None
@@ -240,7 +241,7 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.train.ema_decay < 1:
         raise TrainerError(f"train.ema_decay={cfg.train.ema_decay} is impossible: it must be in [0, 1) (0 = off).")
     for key in ("optim.lr_d", "optim.lr_g"):
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        value = OmegaConf.select(node, key)
         if value is not None and not value > 0:
             raise TrainerError(f"{key}={value} is impossible: a learning rate must be greater than 0.")
     betas = cfg.optim.betas
