@@ -108,7 +108,7 @@ class SpeedConfig:
     channels_last: bool = False  # NHWC weights/activations for conv presets (MLPs untouched); False = NCHW
     compile: bool = False  # torch.compile of G and of the critic's main pass (the penalty stays eager); False = eager
     compile_backend: str = "inductor"  # torch.compile backend when speed.compile (aot_eager: no codegen, for debugging)
-    fused_adam: bool = False  # Adam's fused kernel (one launch for all tensors); False = PyTorch's (foreach on GPU)
+    fused_adam: Optional[bool] = None  # Adam's fused kernel (one launch, sync-free NaN skips); None = on CUDA only
     backward_params_only: bool = True  # critic backward to its weights only (skips x_hat's unused grad); False = plain
     tf32: bool = False  # TF32 in float32 matmuls/convs on CUDA (the penalty pass under bf16/fp16); False = IEEE fp32
     penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
@@ -289,7 +289,7 @@ def _check_speed(cfg: Config) -> None:
         )
     _positive("speed.lazy_penalty", s.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
     optimizer = cfg.optim.name or LOSSES[cfg.loss.name].optimizer
-    if s.fused_adam and optimizer != "adam":
+    if s.fused_adam is True and optimizer != "adam":
         raise TrainerError(
             f"speed.fused_adam=true selects Adam's kernel, but the optimizer is {optimizer}. "
             f"Set optim.name=adam or speed.fused_adam=false."

@@ -63,7 +63,7 @@ def build_parts(cfg: Config, accelerator: Accelerator, batches: Optional[Batches
     ema = EMA(generator, cfg.train.ema_decay).to(accelerator.device) if cfg.train.ema_decay > 0 else None
     apply_speed(cfg, generator, critic)  # channels_last, torch.compile, TF32 (cfg.speed)
     spec = LOSSES[cfg.loss.name]
-    opt_g, opt_d = make_optimizers(cfg, spec, generator, critic)
+    opt_g, opt_d = make_optimizers(cfg, spec, generator, critic, accelerator)
     generator, critic, opt_g, opt_d = prepare_pair(accelerator, generator, critic, opt_g, opt_d)
     set_seed(cfg.seed, device_specific=True)  # then each process its own noise stream
     guard = NonFiniteGuard(cfg.train.max_nonfinite)
@@ -105,6 +105,7 @@ def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
         step, last = p.step, p.step == cfg.train.steps
         scores = maybe_evaluate(p, step, last)
         if step % cfg.log.every == 0 or last or scores:
+            p.guard.check(p)
             record = log_metrics(p, step, clock, metrics, scores)
             clock = (time.perf_counter(), step)
             bar.set_postfix(
@@ -114,6 +115,7 @@ def run_loop(p: Parts, run_dir: Path, stop: StopFlag) -> None:
             save_samples(p, run_dir / "samples" / f"step-{step:08d}.png", fixed_z)
         signum = stop.agreed(accelerator)
         if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or last or signum:
+            p.guard.check(p)  # a run that is skipping every update stops here, before it writes a checkpoint
             save_checkpoint(p, run_dir, step)
         if signum and not last:
             bar.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
@@ -50,9 +50,20 @@ def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module) -> None:
     set_tf32(cfg.speed.tf32)
 
 
-def adam_flags(cfg: Config) -> dict:
-    """Keyword arguments selecting Adam's kernel: fused (one kernel for all tensors), or PyTorch's own choice."""
-    return {"fused": True} if cfg.speed.fused_adam else {}
+def adam_flags(cfg: Config, accelerator: Optional[Accelerator] = None) -> dict:
+    """Keyword arguments selecting Adam's kernel: fused (one kernel for all tensors), or PyTorch's own (foreach).
+
+    speed.fused_adam unset: fused on CUDA outside DeepSpeed (the same update to rounding; it also lets the non-finite
+    guard skip an update on the device without waiting for it, see trainer.steps.NonFiniteGuard), PyTorch's on CPU.
+    """
+    fused = cfg.speed.fused_adam
+    if fused is None:
+        fused = (
+            accelerator is not None
+            and accelerator.device.type == "cuda"
+            and accelerator.distributed_type != DistributedType.DEEPSPEED
+        )
+    return {"fused": True} if fused else {}
 
 
 def critic_backward_kwargs(cfg: Config, accelerator: Accelerator, critic: nn.Module) -> dict:

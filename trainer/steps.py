@@ -102,13 +102,30 @@ class NonFiniteGuard:
 
     Gradients are checked after DDP's all-reduce, so every process sees the same verdict and skips alike. Under fp16
     the GradScaler already skips such steps (and lowers its scale); those skips are counted the same way.
+
+    With a fused optimizer (Adam's fused kernel, the default on CUDA) the verdict never leaves the device: it goes to
+    the kernel as `found_inf`, which then leaves weights, moments and step count untouched (as under GradScaler), and
+    the counts stay device tensors. `check()`, at every log interval and before every checkpoint, reads them and
+    stops the run then, so no checkpoint is written after `limit` skips in a row. Otherwise the verdict is read at
+    once (a device sync per update, free on CPU).
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.total, self.in_a_row = limit, 0, {}  # in_a_row: per optimizer
+        self.limit, self.host_total, self.in_a_row = limit, 0, {}  # in_a_row: per optimizer
+        self.counts: dict[int, torch.Tensor] = {}  # per fused optimizer, on its device: (skipped, in a row, worst)
 
     def step(self, p: Parts, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
-        if self.limit and p.accelerator.scaler is None and not _grads_finite(module):
+        fused = _fused_inner(optimizer)
+        if self.limit and p.accelerator.scaler is None and fused is not None:
+            found = _nonfinite_flag(module)
+            fused.found_inf = found
+            try:
+                optimizer.step()
+            finally:
+                del fused.found_inf
+            self._count_on_device(id(optimizer), found)
+            return
+        if self.limit and p.accelerator.scaler is None and bool(_nonfinite_flag(module).item()):
             optimizer.zero_grad(set_to_none=True)
             return self._skipped(p, id(optimizer))
         optimizer.step()
@@ -116,20 +133,52 @@ class NonFiniteGuard:
             return self._skipped(p, id(optimizer))
         self.in_a_row[id(optimizer)] = 0
 
+    @property
+    def total(self) -> int:
+        """Updates skipped so far (reads the device counts: call it at log time, not inside the step)."""
+        return self.host_total + sum(int(c[0].item()) for c in self.counts.values())
+
+    def check(self, p: Parts) -> None:
+        """Stops the run if a fused optimizer skipped `limit` updates in a row (reads the device counts)."""
+        for counts in self.counts.values():
+            if self.limit and counts[2].item() >= self.limit:
+                self._stop(p)
+
+    def _count_on_device(self, key: int, found: torch.Tensor) -> None:
+        if key not in self.counts:
+            self.counts[key] = torch.zeros(3, device=found.device)
+        total, in_a_row, worst = self.counts[key].unbind()
+        in_a_row = (in_a_row + found) * found
+        self.counts[key] = torch.stack([total + found, in_a_row, torch.maximum(worst, in_a_row)])
+
     def _skipped(self, p: Parts, key: int) -> None:
-        self.in_a_row[key], self.total = self.in_a_row.get(key, 0) + 1, self.total + 1
+        self.in_a_row[key], self.host_total = self.in_a_row.get(key, 0) + 1, self.host_total + 1
         if self.limit and self.in_a_row[key] >= self.limit:
-            raise TrainerError(
-                f"{self.limit} updates in a row had non-finite (NaN/Inf) gradients at step {p.step}; the run stopped"
-                f" without writing a checkpoint, so the last good one in {p.cfg.run.dir}/checkpoints is intact. Lower "
-                f"optim.lr_d/lr_g, check the data for NaNs, or use train.precision=bf16 instead of fp16; resume with "
-                f"run.resume=latest (train.max_nonfinite sets how many skips in a row are tolerated)."
-            )
+            self._stop(p)
+
+    def _stop(self, p: Parts) -> None:
+        raise TrainerError(
+            f"{self.limit} updates in a row had non-finite (NaN/Inf) gradients (seen by step {p.step}); the run stopped"
+            f" without writing a checkpoint, so the last good one in {p.cfg.run.dir}/checkpoints is intact. Lower "
+            f"optim.lr_d/lr_g, check the data for NaNs, or use train.precision=bf16 instead of fp16; resume with "
+            f"run.resume=latest (train.max_nonfinite sets how many skips in a row are tolerated)."
+        )
 
 
-def _grads_finite(module: torch.nn.Module) -> bool:
+def _fused_inner(optimizer: torch.optim.Optimizer) -> Optional[torch.optim.Optimizer]:
+    """The torch optimizer inside Accelerate's wrapper when all its groups run a fused kernel that takes found_inf."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    fusable = isinstance(inner, (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD))
+    return inner if fusable and all(g.get("fused") for g in inner.param_groups) else None
+
+
+def _nonfinite_flag(module: torch.nn.Module) -> torch.Tensor:
+    """float32 scalar on the gradients' device: 1 if any gradient holds a NaN/Inf, else 0 (no host sync)."""
     grads = [q.grad for q in module.parameters() if q.grad is not None]
-    return bool(torch.isfinite(torch.stack([g.float().norm() for g in grads]).sum()).item()) if grads else True
+    if not grads:
+        return torch.zeros((), device=next(module.parameters()).device)
+    norms = torch._foreach_norm(grads)  # one fused pass; a NaN/Inf anywhere makes its tensor's norm non-finite
+    return (~torch.isfinite(torch.stack(norms).float().sum())).float()
 
 
 def generate(generator: torch.nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
@@ -198,13 +247,20 @@ def generator_step(p: Parts) -> None:
     p.stats.report("loss_g", loss)
 
 
-def make_optimizers(cfg: Config, spec: LossSpec, generator: torch.nn.Module, critic: torch.nn.Module):
+def make_optimizers(
+    cfg: Config,
+    spec: LossSpec,
+    generator: torch.nn.Module,
+    critic: torch.nn.Module,
+    accelerator: Optional[Accelerator] = None,
+):
+    """The two optimizers (before `prepare`); `accelerator` decides speed.fused_adam's default (fused on CUDA)."""
     name, betas = cfg.optim.name or spec.optimizer, tuple(cfg.optim.betas or spec.betas)
 
     def make(params, lr: Optional[float]) -> torch.optim.Optimizer:
         lr = lr or spec.lr
         if name == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=betas, **adam_flags(cfg))
+            return torch.optim.Adam(params, lr=lr, betas=betas, **adam_flags(cfg, accelerator))
         if name == "rmsprop":
             return torch.optim.RMSprop(params, lr=lr)
         return torch.optim.SGD(params, lr=lr)

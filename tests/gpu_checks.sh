@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks on one CUDA GPU, in one go (about 8 minutes on an H100): the CUDA-side tests (bf16 and
+# fp16 precision of the critic's passes, execution options keep the math), real train.py runs in bf16 and fp16, then
+# `python -m trainer.bench` on the paper's CIFAR-10 ResNet (and the 64x64 ResNet) in bf16 with the fp32 penalty,
+# raced against the plain fp32 reference loop. Results: $OUT (default gpu-out/): bench-*.json, logs, summary.txt.
+#   bash tests/gpu_checks.sh            # everything
+#   bash tests/gpu_checks.sh bench      # the benchmarks only
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline
+PY=${PYTHON:-python3}
+what=${1:-all}
+
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, accelerate, torchvision; print('torch', torch.__version__, 'accelerate', accelerate.__version__,
+'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+summary() {  # one line per benchmark JSON
+    $PY - "$@" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    a, b = (r[n] for n in r["contenders"])
+    frac = a["fraction_of_peak"]
+    print(f"{path.split('/')[-1]:34} trainer {a['ms_per_step']:7.2f} ms ({a['critic_img_per_s']:7.0f} img/s) "
+          f"{r['contenders'][1]} {b['ms_per_step']:7.2f} ms  speedup {r['speedup']:.2f}x  "
+          f"penalty share {a['penalty_share']:.0%}/{b['penalty_share']:.0%}  "
+          f"peak frac {'-' if frac is None else f'{frac:.1%}'}  GFLOP/step {a['flops_per_step'] / 1e9:.1f}  "
+          f"mem {a['peak_mem_mb']:.0f}/{b['peak_mem_mb']:.0f} MB")
+EOF
+}
+
+bench() {  # bench NAME TIMEOUT [bench args and overrides...]
+    local name=$1 limit=$2
+    shift 2
+    echo "== bench $name: $*" | tee -a "$OUT/bench.log"
+    timeout "$limit" $PY -m trainer.bench --rounds 5 --round-seconds 1 --out "$OUT/bench-$name.json" "$@" \
+        >>"$OUT/bench.log" 2>&1 || echo "bench $name failed or timed out (exit $?)" | tee -a "$OUT/summary.txt"
+    [ -f "$OUT/bench-$name.json" ] && summary "$OUT/bench-$name.json"
+}
+
+if [ "$what" = all ]; then
+    echo "== CUDA tests" | tee -a "$OUT/summary.txt"
+    timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_speed_equivalence.py \
+        tests/test_losses.py 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
+    for precision in bf16 fp16; do
+        timeout 120 $PY train.py run.dir="$OUT/run-$precision" train.steps=300 train.precision=$precision \
+            log.every=100 >"$OUT/train-$precision.log" 2>&1
+        echo "train.py $precision, 300 steps: exit $?; $(tail -c 300 "$OUT/run-$precision/metrics.jsonl" | tail -1 |
+            cut -c1-200)" | tee -a "$OUT/summary.txt"
+        rm -rf "$OUT/run-$precision/checkpoints" "$OUT/run-$precision/samples"
+    done
+fi
+
+C10=(--config configs/cifar10-resnet.yaml --synthetic 10000)
+bench resnet32-bf16 120 "${C10[@]}" train.precision=bf16
+bench resnet32-bf16-tf32 120 "${C10[@]}" train.precision=bf16 speed.tf32=true
+bench resnet32-fp32 120 "${C10[@]}" train.precision=no
+bench resnet32-bf16-fused-vs-foreach 120 "${C10[@]}" train.precision=bf16 --against speed.fused_adam=false
+bench resnet32-bf16-tf32-chlast 120 "${C10[@]}" train.precision=bf16 speed.tf32=true speed.channels_last=true
+bench resnet64-bf16 150 --config configs/celeba64.yaml --synthetic 2000 train.precision=bf16
+bench resnet32-bf16-tf32-compile 240 "${C10[@]}" train.precision=bf16 speed.tf32=true speed.compile=true
+echo "== summary"
+cat "$OUT/summary.txt"
