@@ -2,7 +2,8 @@
 # GPU checks and benchmarks on one CUDA GPU, in one go (about 8 minutes on an H100): the CUDA-side tests (bf16 and
 # fp16 precision of the critic's passes, execution options keep the math), real train.py runs in bf16 and fp16, then
 # `python -m trainer.bench` on the paper's CIFAR-10 ResNet (and the 64x64 ResNet) in bf16 with the fp32 penalty,
-# raced against the plain fp32 reference loop. Results: $OUT (default gpu-out/): bench-*.json, logs, summary.txt.
+# raced against the plain fp32 reference loop. Results: $OUT (default gpu-out/): bench-*.json, logs, summary.txt;
+# with RESULTS=DIR also DIR/results.tgz (all of them) and DIR/summary.txt, refreshed as the checks go.
 #   bash tests/gpu_checks.sh            # everything
 #   bash tests/gpu_checks.sh bench      # the benchmarks only
 set -u
@@ -40,26 +41,39 @@ bench() {  # bench NAME TIMEOUT [bench args and overrides...]
     [ -f "$OUT/bench-$name.json" ] && summary "$OUT/bench-$name.json"
 }
 
+pack() {  # everything so far in one archive under $RESULTS (a lease returns only a few files)
+    [ -n "${RESULTS:-}" ] && tar czf "$RESULTS/results.tgz" -C "$OUT" . 2>/dev/null && cp "$OUT/summary.txt" "$RESULTS/"
+    true
+}
+
 if [ "$what" = all ]; then
-    echo "== CUDA tests" | tee -a "$OUT/summary.txt"
-    timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_speed_equivalence.py \
-        tests/test_losses.py 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
-    for precision in bf16 fp16; do
-        timeout 120 $PY train.py run.dir="$OUT/run-$precision" train.steps=300 train.precision=$precision \
-            log.every=100 >"$OUT/train-$precision.log" 2>&1
-        echo "train.py $precision, 300 steps: exit $?; $(tail -c 300 "$OUT/run-$precision/metrics.jsonl" | tail -1 |
-            cut -c1-200)" | tee -a "$OUT/summary.txt"
-        rm -rf "$OUT/run-$precision/checkpoints" "$OUT/run-$precision/samples"
+    echo "== train.py on the GPU (default offline job, 3 steps)" | tee -a "$OUT/summary.txt"
+    for extra in "train.precision=bf16" "train.precision=fp16" "train.precision=bf16 speed.cuda_graph=true"; do
+        name=$(echo "$extra" | tr ' =.' '___')
+        timeout 120 $PY train.py run.dir="$OUT/run-$name" train.steps=3 log.every=1 $extra >"$OUT/train-$name.log" 2>&1
+        echo "train.py $extra: exit $?; $(tail -n 1 "$OUT/run-$name/metrics.jsonl" 2>/dev/null | cut -c1-160)" |
+            tee -a "$OUT/summary.txt"
+        grep -v "it/s\]" "$OUT/train-$name.log" | tail -n 6 | tee -a "$OUT/summary.txt"
+        rm -rf "$OUT/run-$name/checkpoints" "$OUT/run-$name/samples"
     done
+    echo "== CUDA tests" | tee -a "$OUT/summary.txt"
+    timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py tests/test_losses.py \
+        2>&1 | tail -25 | tee -a "$OUT/summary.txt"
+    pack
 fi
 
 C10=(--config configs/cifar10-resnet.yaml --synthetic 10000)
-bench resnet32-bf16 120 "${C10[@]}" train.precision=bf16
-bench resnet32-bf16-tf32 120 "${C10[@]}" train.precision=bf16 speed.tf32=true
-bench resnet32-fp32 120 "${C10[@]}" train.precision=no
-bench resnet32-bf16-fused-vs-foreach 120 "${C10[@]}" train.precision=bf16 --against speed.fused_adam=false
-bench resnet32-bf16-tf32-chlast 120 "${C10[@]}" train.precision=bf16 speed.tf32=true speed.channels_last=true
-bench resnet64-bf16 150 --config configs/celeba64.yaml --synthetic 2000 train.precision=bf16
-bench resnet32-bf16-tf32-compile 240 "${C10[@]}" train.precision=bf16 speed.tf32=true speed.compile=true
+bench resnet32-bf16-graph 100 "${C10[@]}" train.precision=bf16 speed.cuda_graph=true
+bench resnet32-bf16-graph-tf32 100 "${C10[@]}" train.precision=bf16 speed.cuda_graph=true speed.tf32=true
+bench resnet32-bf16-eager 100 "${C10[@]}" train.precision=bf16
+pack
+bench resnet32-fp32-graph 100 "${C10[@]}" train.precision=no speed.cuda_graph=true
+bench resnet64-bf16-graph 150 --config configs/celeba64.yaml --synthetic 2000 train.precision=bf16 speed.cuda_graph=true
+pack
+bench resnet32-bf16-cudnn-benchmark 100 "${C10[@]}" train.precision=bf16 speed.cudnn_benchmark=true \
+    --against speed.cudnn_benchmark=false
+bench resnet32-bf16-graph-tf32-chlast 100 "${C10[@]}" train.precision=bf16 speed.cuda_graph=true speed.tf32=true \
+    speed.channels_last=true
+pack
 echo "== summary"
 cat "$OUT/summary.txt"

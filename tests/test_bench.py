@@ -23,6 +23,7 @@ TINY_BENCH = [
 SIDE_FIELDS = {
     "gen_it_per_s", "critic_img_per_s", "ms_per_step", "cpu_ms_per_step", "time_split_ms", "penalty_share",
     "peak_mem_mb", "flops_per_step", "achieved_tflops", "fraction_of_peak", "rounds_it_per_s", "fp32_modes",
+    "cudnn_benchmark",
 }  # fmt: skip
 TOP_FIELDS = {
     "speedup", "speedup_of_medians", "speedup_cpu_time", "contenders", "against", "device", "precision", "threads",

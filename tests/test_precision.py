@@ -17,6 +17,7 @@ from trainer.data import make_batches
 from trainer.losses import LOSSES, gradient_penalty, wasserstein_critic_loss
 from trainer.models import build_models
 from trainer.runtime import fp32_forward
+from trainer.speed import float32_modes
 from trainer.stats import Stats
 from trainer.steps import Parts, critic_step, make_optimizers
 
@@ -69,16 +70,24 @@ def _penalty_grads(critic_fn, critic_params, real, fake, eps) -> torch.Tensor:
     )
 
 
-def test_bf16_run_penalty_gradients_match_fp32() -> None:
+@pytest.fixture
+def ieee_fp32():
+    """True float32 for the comparison: on CUDA, float32 convs would otherwise use TF32 (cuDNN's default)."""
+    with float32_modes(("ieee", "ieee")):
+        yield
+
+
+def test_bf16_run_penalty_gradients_match_fp32(ieee_fp32) -> None:
     """Same critic, same inputs: the penalty's parameter gradients under bf16 mode equal the fp32 ones to 1e-5
     (relative), because the penalty path is fp32; the naive bf16 penalty is off by far more; the whole critic loss
     (main pass in bf16) stays within 5% of fp32."""
     parts = _parts("bf16")
-    critic = parts.critic
-    reference = build_models("conv-small", 16, 8, 1, 8)[1].to(parts.accelerator.device)
+    critic, device = parts.critic, parts.accelerator.device
+    reference = build_models("conv-small", 16, 8, 1, 8)[1].to(device)
     reference.load_state_dict(parts.accelerator.unwrap_model(critic).state_dict())
     torch.manual_seed(1)
     real, fake, eps = torch.rand(16, 1, 8, 8) * 2 - 1, torch.rand(16, 1, 8, 8) * 2 - 1, torch.rand(16)
+    real, fake, eps = real.to(device), fake.to(device), eps.to(device)
     params = list(critic.parameters())
     want = _penalty_grads(reference, list(reference.parameters()), real, fake, eps)
     ours = _penalty_grads(partial(fp32_forward, critic), params, real, fake, eps)

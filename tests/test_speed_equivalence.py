@@ -13,14 +13,17 @@ from trainer.batches import StreamBatches
 from trainer.bench import TrainerStep, bench_images
 from trainer.config import load_config
 from trainer.errors import TrainerError
+from trainer.loop import apply_schedule, iteration
 from trainer.reference import ReferenceLoop
 from trainer.runtime import raw_module
 from trainer.speed import float32_modes, penalty_plan, set_tf32, tf32_modes
+from trainer.steps import StaticFeed
 
-# Digits 8x8, a narrow conv pair, 2 critic steps per generator step, one thread (deterministic kernels), no EMA.
+# Digits 8x8, a narrow conv pair, 2 critic steps per generator step, one CPU thread (deterministic kernels, also on
+# a GPU machine: tests/test_cuda.py compares the CUDA paths), no EMA.
 TINY = (
     "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2", "train.ema_decay=0",
-    "train.cpu_threads=1", "seed=3",
+    "train.cpu_threads=1", "seed=3", "train.cpu=true",
 )  # fmt: skip
 STEPS = 3
 # Same inputs, same formulas: only the order of float32 additions differs (one batch of 2n rows instead of two of n,
@@ -112,6 +115,22 @@ def test_on_device_batches_equal_the_dataloader_stream(plain):
 @pytest.mark.parametrize("option", ["speed.channels_last=true", "speed.fused_adam=true"])
 def test_execution_option_keeps_the_math(plain, option):
     assert_same(plain, run_trainer(option))
+
+
+def test_static_feed_draws_what_the_eager_step_draws(plain, monkeypatch):
+    """speed.cuda_graph's inputs: batches and noise drawn ahead into fixed buffers (StaticFeed), in the eager order,
+    give the very same run (the graph capture itself needs CUDA: tests/test_cuda.py)."""
+
+    def fed_step(self, timer=None, eager=False):
+        p = self.parts
+        apply_schedule(p)
+        p.feed = p.feed or StaticFeed(p)
+        p.feed.fill(p)
+        iteration(p)
+        p.step += 1
+
+    monkeypatch.setattr(TrainerStep, "step", fed_step)
+    assert_same(plain, run_trainer(), loss_tol=0, weight_tol=0)
 
 
 def test_compiled_main_pass_with_eager_penalty_keeps_the_math(plain):

@@ -8,8 +8,9 @@ import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -69,10 +70,20 @@ class TrainerStep:
         self.parts = build_parts(cfg, accelerator, batches)
         self.modes = tf32_modes()  # what cfg.speed.tf32 set; restored around each of this contender's runs
 
-    def step(self, timer: Optional[PhaseTimer] = None) -> None:
-        """One generator iteration exactly as trainer.loop.run_loop runs it."""
+    def step(self, timer: Optional[PhaseTimer] = None, eager: bool = False) -> None:
+        """One generator iteration exactly as trainer.loop.run_loop runs it (a graph replay under speed.cuda_graph)."""
         self.parts.timer = timer or PhaseTimer()
-        train_step(self.parts)
+        train_step(self.parts, eager)
+
+
+@contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def sync(device: torch.device) -> None:
@@ -92,15 +103,18 @@ def peak_memory_mb(device: torch.device) -> float:
 class Contender:
     """One side of the race: its step, the float32 (TF32) modes it runs under, and what was measured."""
 
-    def __init__(self, name: str, step: Callable, modes: tuple[str, str], device: torch.device) -> None:
+    def __init__(
+        self, name: str, step: Callable, modes: tuple[str, str], device: torch.device, benchmark: bool = False
+    ) -> None:
         self.name, self.step, self.modes, self.device = name, step, modes, device
+        self.benchmark = benchmark  # torch.backends.cudnn.benchmark while this contender runs
         self.seconds_per_step: list[float] = []
         self.cpu_seconds_per_step: list[float] = []  # this process's CPU time: robust to other users' load at 1 thread
         self.peak_mb, self.split_ms, self.flops = 0.0, {}, 0
 
     def run(self, steps: int) -> tuple[float, float]:
         """(wall, process CPU) seconds for `steps` steps, the device drained before and after."""
-        with float32_modes(self.modes):
+        with float32_modes(self.modes), cudnn_benchmark(self.benchmark):
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             sync(self.device)
@@ -115,7 +129,7 @@ class Contender:
     def split(self, steps: int) -> None:
         """Milliseconds per step in critic (without the penalty), penalty (forward + input gradient), generator."""
         timer = PhaseTimer()
-        with float32_modes(self.modes):
+        with float32_modes(self.modes), cudnn_benchmark(self.benchmark):
             for _ in range(steps):
                 timer.enabled = True
                 self.step(timer)
@@ -124,8 +138,9 @@ class Contender:
         self.split_ms = {"critic": ms["critic"] - penalty, "penalty": penalty, "generator": ms["generator"]}
 
     def count(self) -> None:
-        with float32_modes(self.modes):
-            self.flops = count_flops(lambda: self.step(None))
+        """FLOPs of one step, run eagerly (a CUDA graph replay dispatches no operators to count)."""
+        with float32_modes(self.modes), cudnn_benchmark(self.benchmark):
+            self.flops = count_flops(lambda: self.step(None, eager=True))
 
 
 def agreed(steps: int, device: torch.device) -> int:
@@ -168,6 +183,7 @@ def summary(c: Contender, cfg: Config, peak: Optional[float], world: int) -> dic
         "fraction_of_peak": c.flops * it_per_s / (peak * 1e12) if peak else None,
         "rounds_it_per_s": [1 / s for s in c.seconds_per_step],
         "fp32_modes": dict(zip(("matmul", "conv"), c.modes, strict=True)),  # CUDA's TF32 use: tf32, ieee, none
+        "cudnn_benchmark": c.benchmark,
     }
 
 
@@ -233,13 +249,16 @@ def contenders_for(cfg: Config, args: argparse.Namespace, images: torch.Tensor) 
     defaults = tf32_modes()  # PyTorch's float32 modes, before a trainer's cfg.speed.tf32 sets its own
     trainer = TrainerStep(cfg, images)
     if args.against:
-        other = TrainerStep(load_config(args.config, (*args.overrides, *args.against.split())), images)
-        b = Contender("baseline", other.step, other.modes, other.device)
+        other_cfg = load_config(args.config, (*args.overrides, *args.against.split()))
+        other = TrainerStep(other_cfg, images)
+        b = Contender("baseline", other.step, other.modes, other.device, other_cfg.speed.cudnn_benchmark)
     else:
         data = dataloader_batches(images, cfg.train.batch_size, cfg.seed)
-        b = Contender("reference", ReferenceLoop(cfg, trainer.device, data).step, defaults, trainer.device)
+        reference = ReferenceLoop(cfg, trainer.device, data)
+        b = Contender("reference", lambda timer=None, eager=False: reference.step(timer), defaults, trainer.device)
     torch.set_num_threads(args.threads or cfg.train.cpu_threads or os.cpu_count() or 1)  # the same for both
-    return trainer, [Contender("trainer", trainer.step, trainer.modes, trainer.device), b]
+    a = Contender("trainer", trainer.step, trainer.modes, trainer.device, cfg.speed.cudnn_benchmark)
+    return trainer, [a, b]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -113,6 +113,8 @@ class SpeedConfig:
     tf32: bool = False  # TF32 in float32 matmuls/convs on CUDA (the penalty pass under bf16/fp16); False = IEEE fp32
     penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
     lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = always (paper)
+    cuda_graph: bool = False  # one CUDA graph per generator step (1 GPU, bf16/fp32, fused Adam); False = eager
+    cudnn_benchmark: bool = False  # cuDNN times its algorithms per shape once, keeps the fastest; False = heuristics
 
 
 @dataclass
@@ -175,6 +177,8 @@ def load_config(config_file: Optional[str] = None, overrides: tuple[str, ...] = 
         except OmegaConfBaseException as err:
             raise _explain(err, f"override '{item}'") from None
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if config.train.precision == "False":  # YAML 1.1 reads `no` as false, which the str field then holds as 'False'
+        config.train.precision = "no"
     validate(config)
     return config
 
@@ -295,6 +299,25 @@ def _check_speed(cfg: Config) -> None:
             f"Set optim.name=adam or speed.fused_adam=false."
         )
     _choice("speed.compile_backend", s.compile_backend, COMPILE_BACKENDS)
+    if s.cuda_graph:
+        _check_cuda_graph(cfg, optimizer)
+
+
+def _check_cuda_graph(cfg: Config, optimizer: str) -> None:
+    """speed.cuda_graph's requirements (trainer.cuda_graph), refused with the way out before any GPU work."""
+    s, t = cfg.speed, cfg.train
+    conflicts = [
+        (t.precision == "fp16", "train.precision=fp16 (the GradScaler reads its overflow verdict on the host)", "bf16"),
+        (optimizer != "adam", f"optim.name={optimizer} (the graph needs Adam's fused kernel)", "optim.name=adam"),
+        (s.fused_adam is False, "speed.fused_adam=false (the graph needs Adam's fused kernel)", "drop that override"),
+        (cfg.model.conditional, "model.conditional=true (AC-GAN labels are not fed to the graph)", "an eager run"),
+        (s.lazy_penalty > 1, "speed.lazy_penalty>1 (a graph replays one fixed step)", "speed.lazy_penalty=1"),
+        (s.compile, "speed.compile=true (compiled code and a hand-made graph do not mix)", "one of the two"),
+        (t.deepspeed is not None, "train.deepspeed (DeepSpeed's engines are not captured)", "DDP or one GPU"),
+    ]
+    for bad, what, fix in conflicts:
+        if bad:
+            raise TrainerError(f"speed.cuda_graph=true cannot run with {what}. Use {fix}, or drop speed.cuda_graph.")
 
 
 def _check_compatible(cfg: Config, dataset: Any, preset: Any) -> None:

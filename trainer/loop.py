@@ -69,18 +69,34 @@ def build_parts(cfg: Config, accelerator: Accelerator, batches: Optional[Batches
     guard = NonFiniteGuard(cfg.train.max_nonfinite)
     parts = Parts(cfg, accelerator, spec, generator, critic, opt_g, opt_d, batches, ema, Stats(), guard=guard)
     parts.num_classes = num_classes
+    if cfg.speed.cuda_graph:
+        from trainer.cuda_graph import GraphedStep
+
+        parts.graph = GraphedStep(parts)
     return parts
 
 
-def train_step(p: Parts) -> None:
-    """One generator iteration: the learning rates for it, n_critic critic steps, one generator step."""
+def train_step(p: Parts, eager: bool = False) -> None:
+    """One generator iteration: the learning rates for it, n_critic critic steps, one generator step.
+
+    Under speed.cuda_graph the device work is a graph replay, except on timed steps (one per log interval, whose
+    phase timers need device syncs) and when `eager` is asked for (FLOP counting): those run the same math eagerly.
+    """
     apply_schedule(p)
+    if p.graph is not None and not (eager or p.timer.enabled):
+        p.graph.run(p, iteration)
+    else:
+        iteration(p)
+    p.step += 1
+
+
+def iteration(p: Parts) -> None:
+    """The device work of one generator iteration: n_critic critic steps, then one generator step."""
     with p.timer.phase("critic", p.accelerator.device):
         for _ in range(p.cfg.train.n_critic):
             critic_step(p)
     with p.timer.phase("generator", p.accelerator.device):
         generator_step(p)
-    p.step += 1
 
 
 def apply_schedule(p: Parts) -> None:
@@ -142,7 +158,7 @@ def log_metrics(p: Parts, step: int, clock: tuple[float, int], metrics: MetricsF
     record.update(p.stats.reduce(p.accelerator))
     record.update(skipped_updates=p.guard.total, peak_mem_mb=peak_memory_mb(p.accelerator.device), **scores)
     record.update(imgs_per_s=images / max(seconds, 1e-9), world_size=world, time=time.time())
-    record.update(lr_d=p.opt_d.param_groups[0]["lr"], lr_g=p.opt_g.param_groups[0]["lr"])
+    record.update(lr_d=float(p.opt_d.param_groups[0]["lr"]), lr_g=float(p.opt_g.param_groups[0]["lr"]))
     metrics.write(record)
     if p.cfg.log.tracker != "none":
         p.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import AutocastKwargs, InitProcessGroupKwargs
 from torch import Tensor, nn
 
 from trainer import deepspeed_support
@@ -22,6 +22,11 @@ def make_accelerator(cfg: Config) -> Accelerator:
     tracker = None if cfg.log.tracker == "none" else cfg.log.tracker
     # A collective that waits longer than this for a dead or hung process raises instead of hanging the job.
     init = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.timeout_s))
+    handlers: list = [init]
+    if (
+        cfg.speed.cuda_graph
+    ):  # autocast's cast-weight cache must not outlive a graph capture (PyTorch's CUDA graph docs)
+        handlers.append(AutocastKwargs(cache_enabled=False))
     plugins = deepspeed_support.make_plugins(cfg, launch_precision(cfg))
     if plugins is not None:
         # Accelerate enables DeepSpeed only off its CPU mode; without CUDA the engines then run on CPU over gloo.
@@ -35,7 +40,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
         cpu=cpu,
         log_with=tracker,
         project_dir=cfg.run.dir,
-        kwargs_handlers=[init],
+        kwargs_handlers=handlers,
         deepspeed_plugins=plugins,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))

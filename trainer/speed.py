@@ -48,6 +48,7 @@ def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module) -> None:
     if cfg.speed.compile:
         compile_pair(generator, critic, cfg.speed.compile_backend)
     set_tf32(cfg.speed.tf32)
+    torch.backends.cudnn.benchmark = cfg.speed.cudnn_benchmark
 
 
 def adam_flags(cfg: Config, accelerator: Optional[Accelerator] = None) -> dict:

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 
 from trainer.config import Config
-from trainer.data import Batches
+from trainer.data import DATASETS, Batches
 from trainer.ema import EMA
 from trainer.errors import TrainerError
 from trainer.losses import (
@@ -48,6 +48,39 @@ class Parts:
     guard: "NonFiniteGuard" = field(default_factory=lambda: NonFiniteGuard(0))
     timer: "PhaseTimer" = field(default_factory=lambda: PhaseTimer())
     critic_steps: int = 0  # critic steps done by this process since it started (the lazy penalty's clock)
+    feed: Optional["StaticFeed"] = None  # speed.cuda_graph: inputs come from fixed buffers the graph reads
+    graph: Optional[object] = None  # speed.cuda_graph: trainer.cuda_graph.GraphedStep, replayed by loop.train_step
+
+
+class StaticFeed:
+    """A generator iteration's inputs in fixed device buffers, drawn eagerly before each replay of a CUDA graph.
+
+    `fill` draws them in exactly the order the eager step does (per critic step: batch, z, eps; then the generator's
+    z), from the same streams, so a graphed run sees the same data and noise as an eager one.
+    """
+
+    def __init__(self, p: "Parts") -> None:
+        cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
+        spec = DATASETS[cfg.data.name]
+        shape = (2,) if spec.is_toy else (spec.channels, cfg.data.image_size, cfg.data.image_size)
+        self.real = torch.empty((cfg.train.n_critic, n, *shape), device=device)
+        self.z = torch.empty(cfg.train.n_critic, n, cfg.model.z_dim, device=device)
+        self.eps = torch.empty(cfg.train.n_critic, n, device=device)
+        self.z_g = torch.empty(cfg.train.batch_size_g or n, cfg.model.z_dim, device=device)
+        self.cursor = 0
+
+    def fill(self, p: "Parts") -> None:
+        cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
+        for i in range(cfg.train.n_critic):
+            self.real[i].copy_(p.batches.next())
+            self.z[i].copy_(torch.randn(n, cfg.model.z_dim, device=device))
+            self.eps[i].copy_(torch.rand(n, device=device))
+        self.z_g.copy_(torch.randn(self.z_g.shape, device=device))
+        self.cursor = 0
+
+    def critic(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i, self.cursor = self.cursor, self.cursor + 1
+        return self.real[i], self.z[i], self.eps[i]
 
 
 class PhaseTimer:
@@ -113,6 +146,7 @@ class NonFiniteGuard:
     def __init__(self, limit: int) -> None:
         self.limit, self.host_total, self.in_a_row = limit, 0, {}  # in_a_row: per optimizer
         self.counts: dict[int, torch.Tensor] = {}  # per fused optimizer, on its device: (skipped, in a row, worst)
+        self.deferred: Optional[list] = None  # while a CUDA graph is captured: (optimizer, flag), counted per replay
 
     def step(self, p: Parts, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
         fused = _fused_inner(optimizer)
@@ -123,7 +157,10 @@ class NonFiniteGuard:
                 optimizer.step()
             finally:
                 del fused.found_inf
-            self._count_on_device(id(optimizer), found)
+            if self.deferred is not None:
+                self.deferred.append((id(optimizer), found))
+            else:
+                self.count_on_device(id(optimizer), found)
             return
         if self.limit and p.accelerator.scaler is None and bool(_nonfinite_flag(module).item()):
             optimizer.zero_grad(set_to_none=True)
@@ -144,7 +181,7 @@ class NonFiniteGuard:
             if self.limit and counts[2].item() >= self.limit:
                 self._stop(p)
 
-    def _count_on_device(self, key: int, found: torch.Tensor) -> None:
+    def count_on_device(self, key: int, found: torch.Tensor) -> None:
         if key not in self.counts:
             self.counts[key] = torch.zeros(3, device=found.device)
         total, in_a_row, worst = self.counts[key].unbind()
@@ -189,9 +226,12 @@ def generate(generator: torch.nn.Module, z: torch.Tensor, labels: Optional[torch
 def critic_step(p: Parts) -> None:
     """One critic update: a single forward over real and fake together, the fp32 penalty, one backward."""
     cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
-    real, labels = p.batches.next_labelled() if p.num_classes else (p.batches.next(), None)
-    z = torch.randn(n, cfg.model.z_dim, device=device)
-    eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
+    if p.feed is not None:  # inside a CUDA graph: the buffers filled before the replay
+        (real, z, eps), labels = p.feed.critic(), None
+    else:
+        real, labels = p.batches.next_labelled() if p.num_classes else (p.batches.next(), None)
+        z = torch.randn(n, cfg.model.z_dim, device=device)
+        eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
     with torch.no_grad():  # conditional: fakes use the real batch's labels, as the paper's AC-GAN code
         fake = generate(raw_module(p.generator), z, labels).float()
     both = torch.cat([real, fake])  # no batch statistics in any critic: one pass over both is exact
@@ -229,7 +269,7 @@ def generator_step(p: Parts) -> None:
     """One generator update through a frozen critic (outside DDP: the critic's gradients are not needed)."""
     cfg, device = p.cfg, p.accelerator.device
     n = cfg.train.batch_size_g or cfg.train.batch_size
-    z = torch.randn(n, cfg.model.z_dim, device=device)
+    z = p.feed.z_g if p.feed is not None else torch.randn(n, cfg.model.z_dim, device=device)
     labels = torch.randint(0, p.num_classes, (n,), device=device) if p.num_classes else None
     critic = raw_module(p.critic).requires_grad_(False)
     fake = generate(p.generator, z, labels)
