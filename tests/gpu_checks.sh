@@ -53,7 +53,7 @@ if [ "$what" = all ]; then
         timeout 120 $PY train.py run.dir="$OUT/run-$name" train.steps=3 log.every=1 $extra >"$OUT/train-$name.log" 2>&1
         echo "train.py $extra: exit $?; $(tail -n 1 "$OUT/run-$name/metrics.jsonl" 2>/dev/null | cut -c1-160)" |
             tee -a "$OUT/summary.txt"
-        grep -v "it/s\]" "$OUT/train-$name.log" | tail -n 6 | tee -a "$OUT/summary.txt"
+        grep -v "it/s\]" "$OUT/train-$name.log" | grep -v "^\s*$" | tail -n 25 | tee -a "$OUT/summary.txt"
         rm -rf "$OUT/run-$name/checkpoints" "$OUT/run-$name/samples"
     done
     echo "== CUDA tests" | tee -a "$OUT/summary.txt"

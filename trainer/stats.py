@@ -42,7 +42,8 @@ class Stats:
         names, peaks = sorted(self.sums), sorted(self.maxima)
         if not names:
             return {}
-        local = torch.stack([self.sums[n] / self.counts[n] for n in names] + [self.maxima[n] for n in peaks])
+        values = [self.sums[n] / self.counts[n] for n in names] + [self.maxima[n] for n in peaks]
+        local = torch.stack([v.to(accelerator.device) for v in values])  # host-side timings join device values
         every = accelerator.gather(local.to(accelerator.device)).reshape(-1, len(names) + len(peaks))
         means, maxima = every[:, : len(names)].mean(0).tolist(), every[:, len(names) :].max(0).values.tolist()
         out = dict(zip(names, means, strict=True)) | dict(zip(peaks, maxima, strict=True))
