@@ -15,9 +15,12 @@ lazy penalty, no torch.compile, no DeepSpeed.
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.errors import TrainerError
 from trainer.runtime import raw_module
@@ -41,9 +44,100 @@ class RecordingStats:
             getattr(stats, kind)(name, value)
 
 
+class CudaBackend:
+    """The CUDA calls GraphedStep makes (tests/test_graph_semantics.py swaps in a CPU emulation of a graph)."""
+
+    device_type = "cuda"
+
+    @contextmanager
+    def side_stream(self) -> Iterator[None]:
+        """Eager warm-up steps run on a side stream, as PyTorch's CUDA-graph recipe asks."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream().wait_stream(side)
+
+    def new_graph(self):
+        return torch.cuda.CUDAGraph()
+
+    def capture(self, graph):
+        return torch.cuda.graph(graph)
+
+
+class _Recorder(TorchDispatchMode):
+    """Runs and records every operator below autograd; refuses what a CUDA graph capture cannot hold."""
+
+    def __init__(self, ops: list) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.name()
+        if name.split("::")[-1].split(".")[0] in SYNCS | RANDOM:
+            raise RuntimeError(f"{name} inside a CUDA-graph capture: a host sync or a random draw cannot be replayed")
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
+
+
+SYNCS = {"_local_scalar_dense", "item", "is_nonzero", "equal"}
+RANDOM = {"normal", "normal_", "uniform_", "randn", "rand", "randint", "randperm", "bernoulli", "bernoulli_"}
+
+
+class EmulatedGraph:
+    """A CUDA graph's contract on the CPU: the operators seen at capture, replayed in order on the same tensors.
+
+    Capture runs them (a real capture only records), so the replay just after the capture, which GraphedStep always
+    makes, is skipped: the pair does one step, as on a GPU. Python between the operators is not replayed, so a value
+    frozen at capture (a float learning rate, a host-side count) stays frozen, exactly as in a real graph.
+    """
+
+    def __init__(self) -> None:
+        self.ops: list = []
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        if self.replays == 1:
+            return
+        with torch.no_grad():
+            for func, args, kwargs, out in self.ops:
+                _copy_into(out, func(*args, **kwargs))
+
+
+def _copy_into(out, new) -> None:
+    if isinstance(out, torch.Tensor) and isinstance(new, torch.Tensor):
+        if out is not new:
+            out.copy_(new)
+    elif isinstance(out, (list, tuple)):
+        for o, n in zip(out, new, strict=True):
+            _copy_into(o, n)
+
+
+class EmulatedBackend(CudaBackend):
+    """CPU stand-in for tests (WGAN_GP_EMULATE_CUDA_GRAPH=1): GraphedStep's logic without a GPU."""
+
+    device_type = "cpu"
+
+    @contextmanager
+    def side_stream(self) -> Iterator[None]:
+        yield
+
+    def new_graph(self) -> EmulatedGraph:
+        return EmulatedGraph()
+
+    def capture(self, graph: EmulatedGraph):
+        return _Recorder(graph.ops)
+
+
+BACKEND = EmulatedBackend() if os.environ.get("WGAN_GP_EMULATE_CUDA_GRAPH") == "1" else CudaBackend()
+
+
 def check_runtime(p: Parts) -> None:
     accelerator = p.accelerator
-    if accelerator.device.type != "cuda":
+    if accelerator.device.type != BACKEND.device_type:
         raise TrainerError(
             f"speed.cuda_graph=true needs a CUDA GPU, but this run is on {accelerator.device.type}. "
             f"Drop speed.cuda_graph (it only removes GPU launch overhead)."
@@ -97,11 +191,8 @@ class GraphedStep:
 
     def _warm(self, p: Parts, iteration: Callable[[Parts], None]) -> None:
         """An ordinary eager step on a side stream, as PyTorch asks before capture (lazy state, cuDNN plans)."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with BACKEND.side_stream():
             iteration(p)
-        torch.cuda.current_stream().wait_stream(side)
         self.eager_done += 1
 
     def _capture(self, p: Parts, iteration: Callable[[Parts], None]) -> None:
@@ -109,9 +200,9 @@ class GraphedStep:
         p.stats, p.ema, p.guard.deferred = self.recorder, None, []  # type: ignore[assignment]
         for optimizer in (p.opt_d, p.opt_g):
             optimizer.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's own pool
-        graph = torch.cuda.CUDAGraph()
+        graph = BACKEND.new_graph()
         try:
-            with torch.cuda.graph(graph):
+            with BACKEND.capture(graph):
                 iteration(p)
         finally:
             p.stats, p.ema = stats, ema

@@ -1,0 +1,103 @@
+"""speed.cuda_graph's logic on the CPU: trainer.cuda_graph.EmulatedGraph replays the captured operators on the same
+tensors without rerunning Python, as a CUDA graph does, so a value frozen at capture shows up as a wrong result."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from conftest import TINY, ok, python_train, read_metrics
+
+from trainer import cuda_graph
+from trainer.bench import TrainerStep, bench_images
+from trainer.config import load_config
+from trainer.runtime import raw_module
+from trainer.steps import PhaseTimer
+
+BASE = (
+    "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2", "seed=7", "train.cpu=true",
+    "train.cpu_threads=1", "speed.fused_adam=true", "optim.schedule=linear", "train.steps=8",
+)  # fmt: skip
+STEPS = 7  # 3 eager warm-up steps, the captured step, 3 replays
+
+
+@pytest.fixture(autouse=True)
+def emulated(monkeypatch):
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setattr(cuda_graph, "BACKEND", cuda_graph.EmulatedBackend())
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _run(*overrides: str, timed: tuple[int, ...] = ()) -> tuple[list, torch.Tensor, torch.Tensor]:
+    cfg = load_config(None, (*BASE, *overrides))
+    trainer = TrainerStep(cfg, bench_images(cfg, 0))
+    p, records = trainer.parts, []
+    for step in range(STEPS):
+        timer = PhaseTimer()
+        timer.enabled = step in timed  # as run_loop does on log steps: phase timings, run eagerly
+        trainer.step(timer)
+        records.append(p.stats.reduce(trainer.accelerator))
+    nets = (raw_module(p.generator), raw_module(p.critic))
+    weights = torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])
+    return records, weights, torch.cat([q.flatten() for q in p.ema.parameters()])
+
+
+def _same(a, b) -> None:
+    (ra, wa, ea), (rb, wb, eb) = a, b
+    keys = ("loss_d", "loss_g", "penalty", "grad_norm", "grad_norm_max", "wasserstein")
+    assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
+    assert torch.equal(wa, wb) and torch.equal(ea, eb)
+
+
+def test_graphed_steps_equal_eager_ones_bit_for_bit() -> None:
+    """Warm-up, capture and replays with a decaying learning rate and an EMA: the very same numbers as eager."""
+    eager = _run()
+    graphed = _run("speed.cuda_graph=true")
+    _same(eager, graphed)
+
+
+def test_timed_eager_steps_between_replays_keep_the_graph_right() -> None:
+    """Log steps run eagerly (phase timers); the replays after them still use the current weights and states."""
+    _same(_run(), _run("speed.cuda_graph=true", timed=(2, 5)))
+
+
+def test_the_emulation_catches_a_value_frozen_at_capture(monkeypatch) -> None:
+    """Control: a float learning rate (not written into the device tensor) is frozen into the graph; the emulated
+    replays then train with the capture step's rate and the run departs from the eager one."""
+    monkeypatch.setattr(cuda_graph.GraphedStep, "_lr_to_device", lambda self, p: None)
+    eager = _run()
+    frozen = _run("speed.cuda_graph=true")
+    assert not torch.equal(eager[1], frozen[1])
+
+
+def test_a_host_sync_inside_the_capture_is_refused(monkeypatch) -> None:
+    """The recorder refuses .item() and random draws, as a CUDA capture fails on them."""
+    original = cuda_graph.GraphedStep._capture
+
+    def capture_with_sync(self, p, iteration):
+        def with_sync(parts):
+            iteration(parts)
+            float(parts.critic(torch.ones(1, 1, 8, 8)).detach().sum())  # .item() underneath: a host sync
+
+        return original(self, p, with_sync)
+
+    monkeypatch.setattr(cuda_graph.GraphedStep, "_capture", capture_with_sync)
+    with pytest.raises(RuntimeError, match="host sync or a random draw"):
+        _run("speed.cuda_graph=true")
+
+
+def test_train_py_with_emulated_graph_checkpoints_and_resumes(run_dir: Path) -> None:
+    env = {"WGAN_GP_EMULATE_CUDA_GRAPH": "1"}
+    args = (f"run.dir={run_dir}", *TINY, "speed.cuda_graph=true", "speed.fused_adam=true", "log.every=3")
+    ok(python_train(*args, "train.steps=9", "checkpoint.every=6", env=env))
+    ok(python_train(*args, "train.steps=12", "run.resume=latest", env=env))
+    straight = run_dir.parent / "straight"
+    ok(python_train(f"run.dir={straight}", *TINY, "speed.fused_adam=true", "log.every=3", "train.steps=12"))
+    graphed, eager = read_metrics(run_dir), read_metrics(straight)
+    assert [m["step"] for m in graphed] == [3, 6, 9, 12]
+    assert all(math.isfinite(m["loss_d"]) and m["lr_d"] > 0 for m in graphed)
+    assert [m["loss_d"] for m in graphed] == [m["loss_d"] for m in eager]
