@@ -105,7 +105,7 @@ class EvalConfig:
 
 @dataclass
 class SpeedConfig:
-    channels_last: bool = False  # NHWC weights/activations for conv presets (MLPs untouched); False = NCHW
+    channels_last: Optional[bool] = None  # NHWC conv presets; None = where measured faster (conv-small on CPU)
     compile: bool = False  # torch.compile of G and of the critic's main pass (the penalty stays eager); False = eager
     compile_backend: str = "inductor"  # torch.compile backend when speed.compile (aot_eager: no codegen, for debugging)
     fused_adam: Optional[bool] = None  # Adam's fused kernel (one launch, sync-free NaN skips); None = on CUDA only

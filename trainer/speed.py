@@ -41,14 +41,23 @@ def compile_pair(generator: nn.Module, critic: nn.Module, backend: str = "induct
     critic.compile(backend=backend, dynamic=False)
 
 
-def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module) -> None:
+def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module, device: torch.device) -> None:
     """Applies cfg.speed's execution options to freshly built networks (before the optimizers and prepare)."""
-    if cfg.speed.channels_last:
+    if channels_last(cfg, device):
         to_channels_last(generator, critic)
     if cfg.speed.compile:
         compile_pair(generator, critic, cfg.speed.compile_backend)
     set_tf32(cfg.speed.tf32)
     torch.backends.cudnn.benchmark = cfg.speed.cudnn_benchmark
+
+
+def channels_last(cfg: Config, device: torch.device) -> bool:
+    """speed.channels_last, or where it is unset the preset's measured choice: NHWC for conv-small on CPU only."""
+    if cfg.speed.channels_last is not None:
+        return cfg.speed.channels_last
+    from trainer.models import PRESETS
+
+    return device.type == "cpu" and PRESETS[cfg.model.name].channels_last_cpu
 
 
 def adam_flags(cfg: Config, accelerator: Optional[Accelerator] = None) -> dict:
