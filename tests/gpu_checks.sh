@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks on one CUDA GPU, in one go (about 8 minutes on an H100): the CUDA-side tests (bf16 and
-# fp16 precision of the critic's passes, execution options keep the math), real train.py runs in bf16 and fp16, then
-# `python -m trainer.bench` on the paper's CIFAR-10 ResNet (and the 64x64 ResNet) in bf16 with the fp32 penalty,
-# raced against the plain fp32 reference loop. Results: $OUT (default gpu-out/): bench-*.json, logs, summary.txt;
-# with RESULTS=DIR also DIR/results.tgz (all of them) and DIR/summary.txt, refreshed as the checks go.
+# GPU checks and benchmarks on one CUDA GPU, in one go (about 5 minutes on an H100): real train.py runs in bf16,
+# fp16 and bf16 with speed.cuda_graph; the CUDA tests (tests/test_cuda.py: graphed steps equal eager ones, train.py
+# with the graph resumes; tests/test_precision.py: bf16/fp16 main pass, fp32 penalty); then `python -m trainer.bench`
+# on the paper's CIFAR-10 ResNet (and the 64x64 ResNet) in bf16 with the fp32 penalty, raced against the plain fp32
+# reference loop. Results: $OUT (default gpu-out/): bench-*.json, logs, summary.txt; with RESULTS=DIR (another
+# folder) also DIR/results.tgz (all of them) and DIR/summary.txt, refreshed as the checks go.
 #   bash tests/gpu_checks.sh            # everything
 #   bash tests/gpu_checks.sh bench      # the benchmarks only
 set -u

@@ -1,8 +1,9 @@
 """speed.cuda_graph: a whole generator iteration captured once as a CUDA graph and replayed every step.
 
 At the paper's sizes (a 32x32 ResNet, batch 64) a GPU step is bound by the CPU launching kernels: the five critic
-steps with the penalty's double backward, the generator step and both Adam updates are some 3,000 small launches,
-~100 ms of Python and driver time against ~10 ms of GPU work in bf16. A graph replays all of them with one launch.
+steps with the penalty's double backward, the generator step and both Adam updates are some 3,000 small launches.
+A graph replays all of them with one launch: on an H100, resnet32 in bf16 with the penalty in TF32 went from 113 ms
+per step eager to 60 ms graphed (README: Performance).
 The math is the eager step's: the same kernels, fed the same batches and noise (trainer.steps.StaticFeed draws them
 eagerly, in the eager order, into fixed buffers before each replay), the penalty still in fp32 with its double
 backward. What stays outside the graph: the learning-rate schedule (written into device tensors the fused Adam
