@@ -31,9 +31,9 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _parts(precision: str, batch: int = 8) -> Parts:
+def _parts(precision: str, batch: int = 8, *extra: str) -> Parts:
     cfg = load_config(
-        None, ("model.width=8", "model.z_dim=16", f"train.batch_size={batch}", f"train.precision={precision}")
+        None, ("model.width=8", "model.z_dim=16", f"train.batch_size={batch}", f"train.precision={precision}", *extra)
     )
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     torch.manual_seed(0)
@@ -45,20 +45,22 @@ def _parts(precision: str, batch: int = 8) -> Parts:
     return Parts(cfg, accelerator, spec, gen, critic, opt_g, opt_d, batches, None, Stats())
 
 
+@pytest.mark.parametrize("joint", [True, False])
 @pytest.mark.parametrize("precision", DEVICE_PRECISIONS)
-def test_critic_layers_see_low_precision_in_main_pass_and_fp32_in_penalty(precision: str) -> None:
-    parts, batch = _parts(precision), 8
+def test_critic_layers_see_low_precision_in_main_pass_and_fp32_in_penalty(precision: str, joint: bool) -> None:
+    """One main pass over real and fake together (GPU default) or two (CPU default), then the penalty's pass."""
+    parts, batch = _parts(precision, 8, f"speed.joint_forward={str(joint).lower()}"), 8
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     seen: list[tuple[int, torch.dtype]] = []
     layers = [m for m in parts.critic.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     for layer in layers:
         layer.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[0], out.dtype)))
     critic_step(parts)
-    main = [dtype for rows, dtype in seen if rows == 2 * batch]  # one pass over real and fake together
-    penalty = [dtype for rows, dtype in seen if rows == batch]  # the interpolates
-    assert len(main) == len(layers) and len(penalty) == len(layers)
-    assert set(main) == {low}
-    assert set(penalty) == {torch.float32}
+    main, penalty = seen[: -len(layers)], seen[-len(layers) :]  # the interpolates' pass comes last
+    assert [rows for rows, _ in main] == [2 * batch] * len(layers) if joint else [batch] * 2 * len(layers)
+    assert [rows for rows, _ in penalty] == [batch] * len(layers)
+    assert {dtype for _, dtype in main} == {low}
+    assert {dtype for _, dtype in penalty} == {torch.float32}
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in parts.critic.parameters())
 
 

@@ -20,10 +20,11 @@ from trainer.speed import channels_last, float32_modes, penalty_plan, set_tf32, 
 from trainer.steps import StaticFeed
 
 # Digits 8x8, a narrow conv pair, 2 critic steps per generator step, one CPU thread (deterministic kernels, also on
-# a GPU machine: tests/test_cuda.py compares the CUDA paths), no EMA, NCHW (the plain layout; NHWC is an option here).
+# a GPU machine: tests/test_cuda.py compares the CUDA paths), no EMA, NCHW and one critic pass over real and fake
+# (the GPU defaults; NHWC and two passes, the CPU defaults, are compared with it as options).
 TINY = (
     "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2", "train.ema_decay=0",
-    "train.cpu_threads=1", "seed=3", "train.cpu=true", "speed.channels_last=false",
+    "train.cpu_threads=1", "seed=3", "train.cpu=true", "speed.channels_last=false", "speed.joint_forward=true",
 )  # fmt: skip
 STEPS = 3
 # Same inputs, same formulas: only the order of float32 additions differs (one batch of 2n rows instead of two of n,
@@ -112,7 +113,7 @@ def test_on_device_batches_equal_the_dataloader_stream(plain):
     assert_same(plain, run_trainer(stream=True), loss_tol=0, weight_tol=0)  # the very same batches and kernels
 
 
-@pytest.mark.parametrize("option", ["speed.channels_last=true", "speed.fused_adam=true"])
+@pytest.mark.parametrize("option", ["speed.channels_last=true", "speed.fused_adam=true", "speed.joint_forward=false"])
 def test_execution_option_keeps_the_math(plain, option):
     assert_same(plain, run_trainer(option))
 

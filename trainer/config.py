@@ -109,6 +109,7 @@ class SpeedConfig:
     compile: bool = False  # torch.compile of G and of the critic's main pass (the penalty stays eager); False = eager
     compile_backend: str = "inductor"  # torch.compile backend when speed.compile (aot_eager: no codegen, for debugging)
     fused_adam: Optional[bool] = None  # Adam's fused kernel (one launch, sync-free NaN skips); None = on CUDA only
+    joint_forward: Optional[bool] = None  # one critic pass over real+fake (else two); None = one on GPUs, two on CPUs
     backward_params_only: bool = True  # critic backward to its weights only (skips x_hat's unused grad); False = plain
     tf32: bool = False  # TF32 in float32 matmuls/convs on CUDA (the penalty pass under bf16/fp16); False = IEEE fp32
     penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)

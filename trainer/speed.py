@@ -60,6 +60,14 @@ def channels_last(cfg: Config, device: torch.device) -> bool:
     return device.type == "cpu" and PRESETS[cfg.model.name].channels_last_cpu
 
 
+def joint_forward(cfg: Config, device: torch.device) -> bool:
+    """speed.joint_forward, or where it is unset: one critic pass over real and fake together on GPUs (half the
+    launches), two passes on CPUs (the 2n-row activations of one pass overflow the caches)."""
+    if cfg.speed.joint_forward is not None:
+        return cfg.speed.joint_forward
+    return device.type != "cpu"
+
+
 def adam_flags(cfg: Config, accelerator: Optional[Accelerator] = None) -> dict:
     """Keyword arguments selecting Adam's kernel: fused (one kernel for all tensors), or PyTorch's own (foreach).
 

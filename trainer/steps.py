@@ -25,7 +25,7 @@ from trainer.losses import (
     gradient_penalty,
 )
 from trainer.runtime import fp32_forward, raw_module
-from trainer.speed import adam_flags, critic_backward_kwargs, penalty_plan
+from trainer.speed import adam_flags, critic_backward_kwargs, joint_forward, penalty_plan
 from trainer.stats import Stats
 
 
@@ -234,8 +234,16 @@ def critic_step(p: Parts) -> None:
         eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
     with torch.no_grad():  # conditional: fakes use the real batch's labels, as the paper's AC-GAN code
         fake = generate(raw_module(p.generator), z, labels).float()
-    both = torch.cat([real, fake])  # no batch statistics in any critic: one pass over both is exact
-    out, logits = p.critic(both, with_classes=True) if p.num_classes else (p.critic(both), None)
+    if joint_forward(cfg, device):  # no batch statistics in any critic: one pass over both is exact
+        both = torch.cat([real, fake])
+        out, logits = p.critic(both, with_classes=True) if p.num_classes else (p.critic(both), None)
+    else:  # two passes (smaller activations; faster on CPUs); the second skips DDP, which reduces once anyway
+        critic_fake = raw_module(p.critic)
+        if p.num_classes:
+            (r, lr), (f, lf) = p.critic(real, with_classes=True), critic_fake(fake, with_classes=True)
+            out, logits = torch.cat([r, f]), torch.cat([lr, lf])
+        else:
+            out, logits = torch.cat([p.critic(real), critic_fake(fake)]), None
     d_real, d_fake = out[:n].float(), out[n:].float()
     loss = p.spec.critic(d_real, d_fake)
     if logits is not None:
