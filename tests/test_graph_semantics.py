@@ -101,3 +101,29 @@ def test_train_py_with_emulated_graph_checkpoints_and_resumes(run_dir: Path) -> 
     assert [m["step"] for m in graphed] == [3, 6, 9, 12]
     assert all(math.isfinite(m["loss_d"]) and m["lr_d"] > 0 for m in graphed)
     assert [m["loss_d"] for m in graphed] == [m["loss_d"] for m in eager]
+
+
+def test_a_nan_batch_is_skipped_inside_the_graph_as_outside() -> None:
+    """NaN images in step 5's critic batches (a replay): both critic updates are skipped on the device, counted,
+    and the weights stay those of the eager run, which skips the same two."""
+
+    def run(*overrides: str) -> tuple[int, torch.Tensor]:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        cfg = load_config(None, (*BASE, *overrides))
+        trainer = TrainerStep(cfg, bench_images(cfg, 0))
+        p, draw, calls = trainer.parts, trainer.parts.batches.next, [0]
+
+        def poisoned() -> torch.Tensor:
+            calls[0] += 1
+            batch = draw()
+            return batch * float("nan") if calls[0] in (9, 10) else batch  # step 5 of 7, n_critic 2
+
+        p.batches.next = poisoned
+        for _ in range(STEPS):
+            trainer.step()
+        nets = (raw_module(p.generator), raw_module(p.critic))
+        return p.guard.total, torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])
+
+    (skipped_eager, eager), (skipped_graph, graphed) = run(), run("speed.cuda_graph=true")
+    assert skipped_eager == skipped_graph == 2
+    assert torch.equal(eager, graphed) and torch.isfinite(graphed).all()
