@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is the `deepspeed` extra: pip install -e '.[deepspeed]'")
 
-# Adam (the WGAN-GP default), bf16 autocast with the fp32 penalty, EMA on; one critic step per generator step.
-STEP = [*TINY, "train.n_critic=1", "seed=5", "train.precision=bf16"]
+# Adam (the WGAN-GP default), bf16 autocast with the fp32 penalty, EMA on; one critic step per generator step; NCHW on
+# both sides (DeepSpeed keeps it; DDP on CPU would otherwise take NHWC for conv-small, and Adam's first update,
+# lr * sign(g), turns NHWC's last-bit rounding differences into whole steps).
+STEP = [*TINY, "train.n_critic=1", "seed=5", "train.precision=bf16", "speed.channels_last=false"]
 # DDP all-reduces gradients, ZeRO-2 reduce-scatters them into flat partitions: the float32 sums may round apart.
 # An Adam step moves a weight by up to about lr = 1e-4, so 1e-6 tells a different update from rounding.
 ATOL = 1e-6
@@ -111,3 +113,11 @@ def test_config_checks_deepspeed_and_timeout_keys() -> None:
     for bad, why in (("train.deepspeed=3", "neither a ZeRO stage"), ("train.timeout_s=0", "at least 1")):
         with pytest.raises(TrainerError, match=why):
             load_config(None, (bad,))
+
+
+def test_channels_last_is_refused_under_deepspeed(tmp_path: Path) -> None:
+    """ZeRO flattens the weights, which NHWC weights cannot be (unset, channels_last stays off under DeepSpeed)."""
+    args = (f"run.dir={tmp_path / 'run'}", *STEP, "train.deepspeed=2", "speed.channels_last=true")
+    proc = torchrun_train(2, *args)
+    assert proc.returncode != 0  # each rank exits 2; torchrun reports a failed child as 1
+    assert proc.stderr.count("error: speed.channels_last=true cannot run under DeepSpeed") == 1  # rank 0 says it

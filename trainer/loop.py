@@ -61,7 +61,7 @@ def build_parts(cfg: Config, accelerator: Accelerator, batches: Optional[Batches
         cfg.model.name, cfg.model.z_dim, cfg.model.width, channels, cfg.data.image_size, num_classes=num_classes
     )
     ema = EMA(generator, cfg.train.ema_decay).to(accelerator.device) if cfg.train.ema_decay > 0 else None
-    apply_speed(cfg, generator, critic, accelerator.device)  # channels_last, torch.compile, TF32 (cfg.speed)
+    apply_speed(cfg, generator, critic, accelerator)  # channels_last, torch.compile, TF32 (cfg.speed)
     spec = LOSSES[cfg.loss.name]
     opt_g, opt_d = make_optimizers(cfg, spec, generator, critic, accelerator)
     generator, critic, opt_g, opt_d = prepare_pair(accelerator, generator, critic, opt_g, opt_d)

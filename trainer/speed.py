@@ -10,6 +10,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
+from trainer.errors import TrainerError
+
 if TYPE_CHECKING:
     from trainer.config import Config
 
@@ -41,9 +43,15 @@ def compile_pair(generator: nn.Module, critic: nn.Module, backend: str = "induct
     critic.compile(backend=backend, dynamic=False)
 
 
-def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module, device: torch.device) -> None:
+def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module, accelerator: Accelerator) -> None:
     """Applies cfg.speed's execution options to freshly built networks (before the optimizers and prepare)."""
-    if channels_last(cfg, device):
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if cfg.speed.channels_last and deepspeed:
+        raise TrainerError(
+            "speed.channels_last=true cannot run under DeepSpeed: ZeRO flattens the weights, which needs them in the "
+            "plain (NCHW) layout. Drop speed.channels_last, or train with DDP."
+        )
+    if channels_last(cfg, accelerator.device) and not deepspeed:
         to_channels_last(generator, critic)
     if cfg.speed.compile:
         compile_pair(generator, critic, cfg.speed.compile_backend)
@@ -52,7 +60,8 @@ def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module, device: to
 
 
 def channels_last(cfg: Config, device: torch.device) -> bool:
-    """speed.channels_last, or where it is unset the preset's measured choice: NHWC for conv-small on CPU only."""
+    """speed.channels_last, or where it is unset the preset's measured choice: NHWC for conv-small on CPU only
+    (never under DeepSpeed, whose ZeRO flattening needs the plain layout: apply_speed)."""
     if cfg.speed.channels_last is not None:
         return cfg.speed.channels_last
     from trainer.models import PRESETS
