@@ -70,12 +70,12 @@ class StaticFeed:
         self.cursor = 0
 
     def fill(self, p: "Parts") -> None:
-        cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
-        for i in range(cfg.train.n_critic):
-            self.real[i].copy_(p.batches.next())
-            self.z[i].copy_(torch.randn(n, cfg.model.z_dim, device=device))
-            self.eps[i].copy_(torch.rand(n, device=device))
-        self.z_g.copy_(torch.randn(self.z_g.shape, device=device))
+        for i in range(p.cfg.train.n_critic):  # the eager step's own draws, in its order
+            real, _, z, eps = critic_inputs(p)
+            self.real[i].copy_(real)
+            self.z[i].copy_(z)
+            self.eps[i].copy_(eps)
+        self.z_g.copy_(generator_noise(p))
         self.cursor = 0
 
     def critic(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,15 +223,27 @@ def generate(generator: torch.nn.Module, z: torch.Tensor, labels: Optional[torch
     return generator(z) if labels is None else generator(z, labels)
 
 
+def critic_inputs(p: Parts) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """A critic step's draws, in this order: the real batch (and its labels when conditional), z, eps."""
+    n, device = p.cfg.train.batch_size, p.accelerator.device
+    real, labels = p.batches.next_labelled() if p.num_classes else (p.batches.next(), None)
+    z = torch.randn(n, p.cfg.model.z_dim, device=device)
+    eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
+    return real, labels, z, eps
+
+
+def generator_noise(p: Parts) -> torch.Tensor:
+    n = p.cfg.train.batch_size_g or p.cfg.train.batch_size
+    return torch.randn(n, p.cfg.model.z_dim, device=p.accelerator.device)
+
+
 def critic_step(p: Parts) -> None:
     """One critic update: a single forward over real and fake together, the fp32 penalty, one backward."""
     cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
     if p.feed is not None:  # inside a CUDA graph: the buffers filled before the replay
         (real, z, eps), labels = p.feed.critic(), None
     else:
-        real, labels = p.batches.next_labelled() if p.num_classes else (p.batches.next(), None)
-        z = torch.randn(n, cfg.model.z_dim, device=device)
-        eps = torch.rand(n, device=device)  # drawn for every loss, so the RNG stream does not depend on the loss
+        real, labels, z, eps = critic_inputs(p)
     with torch.no_grad():  # conditional: fakes use the real batch's labels, as the paper's AC-GAN code
         fake = generate(raw_module(p.generator), z, labels).float()
     if joint_forward(cfg, device):  # no batch statistics in any critic: one pass over both is exact
@@ -277,7 +289,7 @@ def generator_step(p: Parts) -> None:
     """One generator update through a frozen critic (outside DDP: the critic's gradients are not needed)."""
     cfg, device = p.cfg, p.accelerator.device
     n = cfg.train.batch_size_g or cfg.train.batch_size
-    z = p.feed.z_g if p.feed is not None else torch.randn(n, cfg.model.z_dim, device=device)
+    z = p.feed.z_g if p.feed is not None else generator_noise(p)
     labels = torch.randint(0, p.num_classes, (n,), device=device) if p.num_classes else None
     critic = raw_module(p.critic).requires_grad_(False)
     fake = generate(p.generator, z, labels)
