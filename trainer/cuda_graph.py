@@ -155,7 +155,7 @@ class GraphedStep:
 
     def __init__(self, p: Parts, warmup: int = 3) -> None:
         check_runtime(p)
-        self.warmup, self.eager_done, self.graph = warmup, 0, None
+        self.warmup, self.eager_done, self.graph, self.failed = warmup, 0, None, False
         self.feed = StaticFeed(p)
         self.recorder = RecordingStats()
         self.flags: list = []
@@ -180,15 +180,35 @@ class GraphedStep:
         self.feed.fill(p)
         p.feed = self.feed
         try:
-            if self.graph is None and self.eager_done < self.warmup:
+            if self.failed or (self.graph is None and self.eager_done < self.warmup):
                 self._warm(p, iteration)
             elif self.graph is None:
-                self._capture(p, iteration)
-                self._replay(p, count_critic_steps=False)  # the capture ran no kernels: this replay is the step
+                if self._try_capture(p, iteration):
+                    self._replay(p, count_critic_steps=False)  # the capture ran no kernels: this replay is the step
+                else:
+                    self._warm(p, iteration)  # the same step, eagerly
             else:
                 self._replay(p, count_critic_steps=True)
         finally:
             p.feed = None
+
+    def _try_capture(self, p: Parts, iteration: Callable[[Parts], None]) -> bool:
+        """Captures the step; if the capture fails (a driver or an operator that cannot be captured), says so once
+        and the run goes on eagerly with the same math: a capture runs no kernels, so nothing was half done."""
+        critic_steps = p.critic_steps
+        try:
+            self._capture(p, iteration)
+            return True
+        except RuntimeError as err:
+            p.critic_steps, self.failed, self.feed.cursor = critic_steps, True, 0  # the eager retry reads it again
+            raw_module(p.critic).requires_grad_(True)  # a failure inside the generator step left it frozen
+            if p.accelerator.is_main_process:
+                print(
+                    f"[wgan-gp] warning: speed.cuda_graph: the capture failed ({str(err).splitlines()[0][:200]}); "
+                    f"this run goes on without the graph (same math, slower).",
+                    flush=True,
+                )
+            return False
 
     def _warm(self, p: Parts, iteration: Callable[[Parts], None]) -> None:
         """An ordinary eager step on a side stream, as PyTorch asks before capture (lazy state, cuDNN plans)."""
