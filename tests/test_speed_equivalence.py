@@ -12,12 +12,12 @@ from trainer import steps
 from trainer.batches import StreamBatches
 from trainer.bench import TrainerStep, bench_images
 from trainer.config import load_config
+from trainer.cuda_graph import StaticFeed
 from trainer.errors import TrainerError
 from trainer.loop import apply_schedule, iteration
 from trainer.reference import ReferenceLoop
 from trainer.runtime import raw_module
 from trainer.speed import channels_last, float32_modes, penalty_plan, set_tf32, tf32_modes
-from trainer.steps import StaticFeed
 
 # Digits 8x8, a narrow conv pair, 2 critic steps per generator step, one CPU thread (deterministic kernels, also on
 # a GPU machine: tests/test_cuda.py compares the CUDA paths), no EMA, NCHW and one critic pass over real and fake

@@ -8,9 +8,8 @@ import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -22,7 +21,7 @@ from trainer.flops import count_flops, peak_tflops
 from trainer.loop import build_parts, train_step
 from trainer.reference import ReferenceLoop, dataloader_batches
 from trainer.runtime import make_accelerator
-from trainer.speed import float32_modes, tf32_modes
+from trainer.speed import cudnn_benchmark, float32_modes, tf32_modes
 from trainer.steps import PhaseTimer
 
 
@@ -74,16 +73,6 @@ class TrainerStep:
         """One generator iteration exactly as trainer.loop.run_loop runs it (a graph replay under speed.cuda_graph)."""
         self.parts.timer = timer or PhaseTimer()
         train_step(self.parts, eager)
-
-
-@contextmanager
-def cudnn_benchmark(enabled: bool) -> Iterator[None]:
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = previous
 
 
 def sync(device: torch.device) -> None:

@@ -4,7 +4,7 @@ At the paper's sizes (a 32x32 ResNet, batch 64) a GPU step is bound by the CPU l
 steps with the penalty's double backward, the generator step and both Adam updates are some 3,000 small launches.
 A graph replays all of them with one launch: on an H100, resnet32 in bf16 with the penalty in TF32 went from 113 ms
 per step eager to 60 ms graphed (README: Performance).
-The math is the eager step's: the same kernels, fed the same batches and noise (trainer.steps.StaticFeed draws them
+The math is the eager step's: the same kernels, fed the same batches and noise (StaticFeed draws them
 eagerly, in the eager order, into fixed buffers before each replay), the penalty still in fp32 with its double
 backward. What stays outside the graph: the learning-rate schedule (written into device tensors the fused Adam
 kernels read), the EMA update, the statistics and the non-finite guard's counts (fed from the graph's outputs).
@@ -23,9 +23,41 @@ from typing import Callable, Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from trainer.data import DATASETS
 from trainer.errors import TrainerError
 from trainer.runtime import raw_module
-from trainer.steps import Parts, StaticFeed
+from trainer.steps import Parts, critic_inputs, generator_noise
+
+
+class StaticFeed:
+    """A generator iteration's inputs in fixed device buffers, drawn eagerly before each replay of a CUDA graph.
+
+    `fill` draws them in exactly the order the eager step does (per critic step: batch, z, eps; then the generator's
+    z), from the same streams, so a graphed run sees the same data and noise as an eager one.
+    """
+
+    def __init__(self, p: Parts) -> None:
+        cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
+        spec = DATASETS[cfg.data.name]
+        shape = (2,) if spec.is_toy else (spec.channels, cfg.data.image_size, cfg.data.image_size)
+        self.real = torch.empty((cfg.train.n_critic, n, *shape), device=device)
+        self.z = torch.empty(cfg.train.n_critic, n, cfg.model.z_dim, device=device)
+        self.eps = torch.empty(cfg.train.n_critic, n, device=device)
+        self.z_g = torch.empty(cfg.train.batch_size_g or n, cfg.model.z_dim, device=device)
+        self.cursor = 0
+
+    def fill(self, p: Parts) -> None:
+        for i in range(p.cfg.train.n_critic):  # the eager step's own draws, in its order
+            real, _, z, eps = critic_inputs(p)
+            self.real[i].copy_(real)
+            self.z[i].copy_(z)
+            self.eps[i].copy_(eps)
+        self.z_g.copy_(generator_noise(p))
+        self.cursor = 0
+
+    def critic(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i, self.cursor = self.cursor, self.cursor + 1
+        return self.real[i], self.z[i], self.eps[i]
 
 
 class RecordingStats:

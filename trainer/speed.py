@@ -133,6 +133,17 @@ def float32_modes(modes: tuple[str, str]) -> Iterator[None]:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = previous
 
 
+@contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """Runs the block with torch.backends.cudnn.benchmark set as given, then restores it."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 def penalty_plan(cfg: Config, step: int, critic_steps: int, batch: int) -> tuple[int, float]:
     """(rows, weight) of this critic step's gradient penalty; weight 0 means none this step.
 

@@ -7,13 +7,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from accelerate import Accelerator
 
 from trainer.config import Config
-from trainer.data import DATASETS, Batches
+from trainer.data import Batches
 from trainer.ema import EMA
 from trainer.errors import TrainerError
 from trainer.losses import (
@@ -27,6 +27,9 @@ from trainer.losses import (
 from trainer.runtime import fp32_forward, raw_module
 from trainer.speed import adam_flags, critic_backward_kwargs, joint_forward, penalty_plan
 from trainer.stats import Stats
+
+if TYPE_CHECKING:
+    from trainer.cuda_graph import StaticFeed
 
 
 @dataclass
@@ -48,39 +51,8 @@ class Parts:
     guard: "NonFiniteGuard" = field(default_factory=lambda: NonFiniteGuard(0))
     timer: "PhaseTimer" = field(default_factory=lambda: PhaseTimer())
     critic_steps: int = 0  # critic steps done by this process since it started (the lazy penalty's clock)
-    feed: Optional["StaticFeed"] = None  # speed.cuda_graph: inputs come from fixed buffers the graph reads
+    feed: Optional["StaticFeed"] = None  # speed.cuda_graph: inputs from trainer.cuda_graph's fixed buffers
     graph: Optional[object] = None  # speed.cuda_graph: trainer.cuda_graph.GraphedStep, replayed by loop.train_step
-
-
-class StaticFeed:
-    """A generator iteration's inputs in fixed device buffers, drawn eagerly before each replay of a CUDA graph.
-
-    `fill` draws them in exactly the order the eager step does (per critic step: batch, z, eps; then the generator's
-    z), from the same streams, so a graphed run sees the same data and noise as an eager one.
-    """
-
-    def __init__(self, p: "Parts") -> None:
-        cfg, device, n = p.cfg, p.accelerator.device, p.cfg.train.batch_size
-        spec = DATASETS[cfg.data.name]
-        shape = (2,) if spec.is_toy else (spec.channels, cfg.data.image_size, cfg.data.image_size)
-        self.real = torch.empty((cfg.train.n_critic, n, *shape), device=device)
-        self.z = torch.empty(cfg.train.n_critic, n, cfg.model.z_dim, device=device)
-        self.eps = torch.empty(cfg.train.n_critic, n, device=device)
-        self.z_g = torch.empty(cfg.train.batch_size_g or n, cfg.model.z_dim, device=device)
-        self.cursor = 0
-
-    def fill(self, p: "Parts") -> None:
-        for i in range(p.cfg.train.n_critic):  # the eager step's own draws, in its order
-            real, _, z, eps = critic_inputs(p)
-            self.real[i].copy_(real)
-            self.z[i].copy_(z)
-            self.eps[i].copy_(eps)
-        self.z_g.copy_(generator_noise(p))
-        self.cursor = 0
-
-    def critic(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i, self.cursor = self.cursor, self.cursor + 1
-        return self.real[i], self.z[i], self.eps[i]
 
 
 class PhaseTimer:
