@@ -35,8 +35,16 @@ def run_cmd(cmd: list[str], env: dict | None = None, timeout: int = 600) -> subp
     return subprocess.run(cmd, cwd=ROOT, env=_env(env), capture_output=True, text=True, timeout=timeout)
 
 
+FAULTS = ("WGAN_GP_FAULT_", "WGAN_GP_EMULATE_")  # variables that tests/faulty_train.py acts on
+
+
+def entry(env: dict | None) -> str:
+    """train.py, or tests/faulty_train.py (train.py with faults injected) when `env` asks for a fault."""
+    return "tests/faulty_train.py" if any(k.startswith(FAULTS) for k in env or {}) else "train.py"
+
+
 def python_train(*args: str, **kw) -> subprocess.CompletedProcess:
-    return run_cmd([sys.executable, "train.py", *args], **kw)
+    return run_cmd([sys.executable, entry(kw.get("env")), *args], **kw)
 
 
 def accelerate_train(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -55,7 +63,7 @@ def accelerate_train(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def torchrun_train(nproc: int, *args: str, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    return run_cmd([*cmd, "train.py", *args], env={"ACCELERATE_USE_CPU": "1", **(env_extra or {})}, **kw)
+    return run_cmd([*cmd, entry(env_extra), *args], env={"ACCELERATE_USE_CPU": "1", **(env_extra or {})}, **kw)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from disk_formats import trust_cifar10, write_cifar10
 
-from trainer.batches import ImageBatches, ShardOrder, StreamBatches
-from trainer.image_datasets import ImageOptions, SafeImages, load_cifar10
+from trainer.data.batches import ImageBatches, ShardOrder, StreamBatches
+from trainer.data.files import ImageOptions, SafeImages, load_cifar10
 
 CPU = torch.device("cpu")
 

@@ -12,9 +12,9 @@ from accelerate.state import AcceleratorState
 from conftest import ok, run_cmd
 from torch import nn
 
-from trainer.bench import main as bench_main
-from trainer.flops import count_flops, peak_tflops
-from trainer.losses import gradient_penalty
+from trainer.bench.race import main as bench_main
+from trainer.core.losses import gradient_penalty
+from trainer.metrics.flops import count_flops, peak_tflops
 
 TINY_BENCH = [
     "--warmup", "1", "--rounds", "2", "--round-seconds", "0.01", "--split-steps", "1", "--threads", "1",

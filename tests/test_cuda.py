@@ -11,9 +11,9 @@ import torch
 from accelerate.state import AcceleratorState
 from conftest import TINY, ok, python_train, read_metrics
 
-from trainer.bench import TrainerStep, bench_images
+from trainer.accel.runtime import raw_module
+from trainer.bench.race import TrainerStep, bench_images
 from trainer.config import load_config
-from trainer.runtime import raw_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.data import (
-    ImageBatches,
-    eight_gaussians,
-    load_digits_uint8,
-    load_torchvision_uint8,
-    make_batches,
-    resize_uint8,
-    swiss_roll,
-    twentyfive_gaussians,
-)
+from trainer.data.batches import ImageBatches
+from trainer.data.files import resize_uint8
+from trainer.data.registry import load_digits_uint8, load_torchvision_uint8, make_batches
+from trainer.data.toys import eight_gaussians, swiss_roll, twentyfive_gaussians
 from trainer.errors import TrainerError
 
 EIGHT = torch.tensor([[2 * math.cos(k * math.pi / 4), 2 * math.sin(k * math.pi / 4)] for k in range(8)]) / 1.414

@@ -9,9 +9,9 @@ import torch
 from disk_formats import banded_image, trust_celeba, trust_cifar10, write_celeba, write_cifar10, write_lsun
 from PIL import Image
 
-from trainer.data import load_torchvision_labelled, make_batches
+from trainer.data.files import ImageOptions, UnreadableImageWarning, load_cifar10, open_image_folder
+from trainer.data.registry import load_torchvision_labelled, make_batches
 from trainer.errors import TrainerError
-from trainer.image_datasets import ImageOptions, UnreadableImageWarning, load_cifar10, open_image_folder
 
 CPU = torch.device("cpu")
 

@@ -87,7 +87,7 @@ def test_zero2_resume_equals_uninterrupted(zero2_run: Path, tmp_path: Path) -> N
 
 
 def test_engine_config_refuses_what_the_pair_cannot_do(tmp_path: Path) -> None:
-    from trainer.deepspeed_support import engine_config
+    from trainer.accel.zero import engine_config
     from trainer.errors import TrainerError
 
     config = engine_config("2", 16)

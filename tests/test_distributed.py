@@ -9,8 +9,8 @@ import torch
 from conftest import TINY, ok, read_metrics, run_cmd, torchrun_train
 from safetensors.torch import load_file
 
-from trainer.data import eight_gaussians
-from trainer.models import build_models
+from trainer.data.toys import eight_gaussians
+from trainer.nets.models import build_models
 
 SEED, BATCH, Z, WIDTH, LR, LAMBDA = 3, 8, 2, 16, 0.05, 10.0
 

@@ -17,11 +17,13 @@ import torch
 from conftest import TINY, ok, python_train, run_cmd
 from scipy import linalg
 
-from trainer import evaluate, feature_classifier, fetch_weights, inception
-from trainer.data import eight_gaussians, load_digits_uint8, twentyfive_gaussians
+from trainer import evaluate, fetch_weights
+from trainer.data.registry import load_digits_uint8
+from trainer.data.toys import eight_gaussians, twentyfive_gaussians
 from trainer.errors import TrainerError
-from trainer.eval_stats import Moments, ScoreSums, frechet_distance
-from trainer.toy_metrics import MODES, high_quality_counts, mode_summary, w1_exact
+from trainer.metrics import feature_classifier, inception
+from trainer.metrics.moments import Moments, ScoreSums, frechet_distance
+from trainer.metrics.toy import MODES, high_quality_counts, mode_summary, w1_exact
 
 TOY = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
 P_WITHIN_3_STD_2D = 1 - math.exp(-4.5)  # chi-square with 2 degrees of freedom below 9
@@ -187,7 +189,7 @@ def test_inception_metrics_run_end_to_end_on_random_weights(tmp_path: Path, one_
 
 def test_evaluate_leaves_global_rng_and_training_mode_alone() -> None:
     from trainer.config import load_config
-    from trainer.models import build_models
+    from trainer.nets.models import build_models
 
     cfg = load_config(None, ("data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=8"))
     generator, _ = build_models("toy", 2, 8, 0, 8)

@@ -11,11 +11,11 @@ import torch
 from accelerate.state import AcceleratorState
 from conftest import TINY, ok, python_train, read_metrics
 
-from trainer import cuda_graph
-from trainer.bench import TrainerStep, bench_images
+from trainer.accel import cuda_graph
+from trainer.accel.runtime import raw_module
+from trainer.bench.race import TrainerStep, bench_images
 from trainer.config import load_config
-from trainer.runtime import raw_module
-from trainer.steps import PhaseTimer
+from trainer.core.step import PhaseTimer
 
 BASE = (
     "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2", "seed=7", "train.cpu=true",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.losses import (
+from trainer.core.losses import (
     LOSSES,
     SQRT_EPS,
     clip_weights,

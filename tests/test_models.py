@@ -9,8 +9,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from trainer.losses import gradient_penalty
-from trainer.models import PRESETS, build_models
+from trainer.core.losses import gradient_penalty
+from trainer.nets.models import PRESETS, build_models
 
 Z_DIM, N = 16, 3
 # The paper presets are checked here at a small width (their full widths: tests/test_paper_presets.py, batch 2).

@@ -8,7 +8,7 @@ from conftest import ROOT
 from PIL import Image
 
 from trainer.config import load_config
-from trainer.data import batches_from_config
+from trainer.data.registry import batches_from_config
 from trainer.errors import TrainerError
 
 

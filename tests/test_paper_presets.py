@@ -9,11 +9,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from trainer.layers import ClassBatchNorm2d, LayerNorm2d, class_rows
-from trainer.losses import acgan_critic_loss, acgan_generator_loss, class_accuracy, gradient_penalty
-from trainer.models import PRESETS, build_models, parameter_count
-from trainer.resnet import ResBlock
-from trainer.schedule import lr_factor, make_scheduler
+from trainer.core.losses import acgan_critic_loss, acgan_generator_loss, class_accuracy, gradient_penalty
+from trainer.core.schedule import lr_factor, make_scheduler
+from trainer.nets.layers import ClassBatchNorm2d, LayerNorm2d, class_rows
+from trainer.nets.models import PRESETS, build_models, parameter_count
+from trainer.nets.resnet import ResBlock
 
 SIZE = {"resnet32": 32, "resnet64": 64, "dcgan64": 64}
 SMALL = {"resnet32": 8, "resnet64": 4, "dcgan64": 4}

@@ -12,14 +12,14 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from conftest import TINY, ok, python_train, read_metrics
 
+from trainer.accel.runtime import fp32_forward
+from trainer.accel.speed import float32_modes
 from trainer.config import load_config
-from trainer.data import make_batches
-from trainer.losses import LOSSES, gradient_penalty, wasserstein_critic_loss
-from trainer.models import build_models
-from trainer.runtime import fp32_forward
-from trainer.speed import float32_modes
-from trainer.stats import Stats
-from trainer.steps import Parts, critic_step, make_optimizers
+from trainer.core.losses import LOSSES, gradient_penalty, wasserstein_critic_loss
+from trainer.core.step import Parts, critic_step, make_optimizers
+from trainer.data.registry import make_batches
+from trainer.nets.models import build_models
+from trainer.run.stats import Stats
 
 DEVICE_PRECISIONS = ["bf16"] + (["fp16"] if torch.cuda.is_available() else [])  # Accelerate has no fp16 on CPU
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, _env, ok, python_train, read_metrics, torchrun_train
+from conftest import ROOT, TINY, _env, entry, ok, python_train, read_metrics, torchrun_train
 
-from trainer.signals import EXIT_PREEMPTED
+from trainer.run.signals import EXIT_PREEMPTED
 
 
 def _ckpts(run_dir: Path) -> list[str]:
@@ -21,7 +21,7 @@ def _ckpts(run_dir: Path) -> list[str]:
 
 
 def _spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "train.py", *args]
+    cmd = [sys.executable, entry(env), *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

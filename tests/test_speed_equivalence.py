@@ -8,16 +8,16 @@ from accelerate.state import AcceleratorState
 from conftest import ROOT
 from torch.utils.data import Dataset
 
-from trainer import steps
-from trainer.batches import StreamBatches
-from trainer.bench import TrainerStep, bench_images
+from trainer.accel.cuda_graph import StaticFeed
+from trainer.accel.runtime import raw_module
+from trainer.accel.speed import channels_last, float32_modes, penalty_plan, set_tf32, tf32_modes
+from trainer.bench.race import TrainerStep, bench_images
+from trainer.bench.reference import ReferenceLoop
 from trainer.config import load_config
-from trainer.cuda_graph import StaticFeed
+from trainer.core import step as steps
+from trainer.core.loop import apply_schedule, iteration
+from trainer.data.batches import StreamBatches
 from trainer.errors import TrainerError
-from trainer.loop import apply_schedule, iteration
-from trainer.reference import ReferenceLoop
-from trainer.runtime import raw_module
-from trainer.speed import channels_last, float32_modes, penalty_plan, set_tf32, tf32_modes
 
 # Digits 8x8, a narrow conv pair, 2 critic steps per generator step, one CPU thread (deterministic kernels, also on
 # a GPU machine: tests/test_cuda.py compares the CUDA paths), no EMA, NCHW and one critic pass over real and fake

@@ -1,12 +1,12 @@
-"""trainer.stats: values reported on the device and on the host (phase timings) reduce together."""
+"""trainer.run.stats: values reported on the device and on the host (phase timings) reduce together."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainer.stats import Stats
-from trainer.steps import PhaseTimer
+from trainer.core.step import PhaseTimer
+from trainer.run.stats import Stats
 
 
 class _Accelerator:

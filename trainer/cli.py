@@ -8,7 +8,7 @@ import sys
 from typing import Optional
 
 from trainer.errors import TrainerError
-from trainer.signals import EXIT_PREEMPTED, Preempted
+from trainer.run.signals import EXIT_PREEMPTED, Preempted
 
 EXIT_USER_ERROR = 2
 
@@ -39,7 +39,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        from trainer.loop import train
+        from trainer.core.loop import train
 
         train(cfg)
     except TrainerError as err:

@@ -13,7 +13,6 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from trainer.errors import TrainerError
 
-LOSSES = ("wgan-gp", "wgan-lp", "wgan-clip", "gan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb", "tensorboard")
@@ -48,17 +47,19 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "wgan-gp"  # one of LOSSES
+    name: str = "wgan-gp"  # one of trainer.core.losses.LOSSES
     gp_weight: float = 10.0  # lambda of the gradient penalty (wgan-gp, wgan-lp); 0 = no penalty
     drift: float = 0.0  # epsilon of the drift term eps * E[D(real)^2]; 0 = off
     clip: float = 0.01  # weight-clipping bound c for wgan-clip (weights kept in [-c, c])
     acgan_scale: float = 1.0  # weight of the critic's AC-GAN cross-entropy on real labels (conditional); 0 = off
     acgan_scale_g: float = 0.1  # weight of the generator's AC-GAN cross-entropy on its labels (conditional); 0 = off
+    penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
+    lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = always (paper)
 
 
 @dataclass
 class OptimConfig:
-    name: Optional[str] = None  # adam | rmsprop | sgd; None = the loss's paper default (see trainer.losses)
+    name: Optional[str] = None  # adam | rmsprop | sgd; None = the loss's paper default (see trainer.core.losses)
     lr_d: Optional[float] = None  # critic learning rate; None = the loss's paper default
     lr_g: Optional[float] = None  # generator learning rate; None = the loss's paper default
     betas: Optional[list[float]] = None  # Adam betas; None = the loss's paper default ((0, 0.9) for WGAN-GP)
@@ -112,8 +113,6 @@ class SpeedConfig:
     joint_forward: Optional[bool] = None  # one critic pass over real+fake (else two); None = one on GPUs, two on CPUs
     backward_params_only: bool = True  # critic backward to its weights only (skips x_hat's unused grad); False = plain
     tf32: bool = False  # TF32 in float32 matmuls/convs on CUDA (the penalty pass under bf16/fp16); False = IEEE fp32
-    penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
-    lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = always (paper)
     cuda_graph: bool = False  # one CUDA graph per generator step (1 GPU, bf16/fp32, fused Adam); False = eager
     cudnn_benchmark: bool = False  # cuDNN times its algorithms per shape once, keeps the fastest; False = heuristics
 
@@ -141,8 +140,19 @@ def _known_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+MOVED = {  # keys that moved: the old name is refused with the new one
+    "speed.penalty_fraction": "loss.penalty_fraction",
+    "speed.lazy_penalty": "loss.lazy_penalty",
+}
+
+
 def _explain(err: OmegaConfBaseException, source: str) -> TrainerError:
     key = getattr(err, "full_key", None) or "?"
+    if key in MOVED:
+        return TrainerError(
+            f"config key '{key}' (from {source}) has moved: it changes the math, so it is now {MOVED[key]}. "
+            f"Write {MOVED[key]}=... instead."
+        )
     schema = OmegaConf.structured(Config)
     if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
         close = difflib.get_close_matches(key, _known_keys(schema), n=3, cutoff=0.5)
@@ -201,12 +211,12 @@ def _positive(key: str, value: float, minimum: float = 1, what: str = "at least 
 
 def validate(cfg: Config) -> None:
     """Checks values and their combinations; raises TrainerError naming the key and the valid choices."""
-    from trainer.data import DATASETS
-    from trainer.models import PRESETS
+    from trainer.data.registry import DATASETS
+    from trainer.nets.models import PRESETS
 
     _choice("model.name", cfg.model.name, sorted(PRESETS))
     _choice("data.name", cfg.data.name, sorted(DATASETS))
-    _choice("loss.name", cfg.loss.name, LOSSES)
+    _choice("loss.name", cfg.loss.name, sorted(_losses()))
     if cfg.optim.name is not None:
         _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     if cfg.train.precision is not None:
@@ -262,10 +272,10 @@ def validate(cfg: Config) -> None:
 
 def _check_paper_keys(cfg: Config) -> None:
     """The keys of the paper presets: data pipeline, generator batch, AC-GAN weights, schedule, conditional."""
-    from trainer.data import DATASETS
-    from trainer.image_datasets import CROPS
-    from trainer.models import PRESETS
-    from trainer.schedule import SCHEDULES
+    from trainer.core.schedule import SCHEDULES
+    from trainer.data.files import CROPS
+    from trainer.data.registry import DATASETS
+    from trainer.nets.models import PRESETS
 
     _choice("data.crop", cfg.data.crop, CROPS)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
@@ -285,15 +295,13 @@ def _check_paper_keys(cfg: Config) -> None:
 
 
 def _check_speed(cfg: Config) -> None:
-    from trainer.losses import LOSSES
-
-    s = cfg.speed
-    if not 0 < s.penalty_fraction <= 1:
+    s, loss = cfg.speed, cfg.loss
+    if not 0 < loss.penalty_fraction <= 1:
         raise TrainerError(
-            f"speed.penalty_fraction={s.penalty_fraction} is impossible: it must be in (0, 1] (1 = the whole batch)."
+            f"loss.penalty_fraction={loss.penalty_fraction} is impossible: it must be in (0, 1] (1 = the whole batch)."
         )
-    _positive("speed.lazy_penalty", s.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
-    optimizer = cfg.optim.name or LOSSES[cfg.loss.name].optimizer
+    _positive("loss.lazy_penalty", loss.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
+    optimizer = cfg.optim.name or _losses()[cfg.loss.name].optimizer
     if s.fused_adam is True and optimizer != "adam":
         raise TrainerError(
             f"speed.fused_adam=true selects Adam's kernel, but the optimizer is {optimizer}. "
@@ -305,14 +313,13 @@ def _check_speed(cfg: Config) -> None:
 
 
 def _check_cuda_graph(cfg: Config, optimizer: str) -> None:
-    """speed.cuda_graph's requirements (trainer.cuda_graph), refused with the way out before any GPU work."""
+    """speed.cuda_graph's requirements (trainer.accel.cuda_graph), refused with the way out before any GPU work."""
     s, t = cfg.speed, cfg.train
     conflicts = [
         (t.precision == "fp16", "train.precision=fp16 (the GradScaler reads its overflow verdict on the host)", "bf16"),
         (optimizer != "adam", f"optim.name={optimizer} (the graph needs Adam's fused kernel)", "optim.name=adam"),
         (s.fused_adam is False, "speed.fused_adam=false (the graph needs Adam's fused kernel)", "drop that override"),
-        (cfg.model.conditional, "model.conditional=true (AC-GAN labels are not fed to the graph)", "an eager run"),
-        (s.lazy_penalty > 1, "speed.lazy_penalty>1 (a graph replays one fixed step)", "speed.lazy_penalty=1"),
+        (cfg.loss.lazy_penalty > 1, "loss.lazy_penalty>1 (a graph replays one fixed step)", "loss.lazy_penalty=1"),
         (s.compile, "speed.compile=true (compiled code and a hand-made graph do not mix)", "one of the two"),
         (t.deepspeed is not None, "train.deepspeed (DeepSpeed's engines are not captured)", "DDP or one GPU"),
     ]
@@ -337,8 +344,14 @@ def _check_compatible(cfg: Config, dataset: Any, preset: Any) -> None:
         )
 
 
+def _losses() -> dict:
+    from trainer.core.losses import LOSSES
+
+    return LOSSES
+
+
 def _presets() -> dict:
-    from trainer.models import PRESETS
+    from trainer.nets.models import PRESETS
 
     return PRESETS
 
@@ -350,7 +363,3 @@ def to_yaml(cfg: Config) -> str:
 def to_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
-
-def from_yaml_file(path: Path) -> Config:
-    """Reads a config written by to_yaml (run folder, checkpoint) back into the schema, validated."""
-    return load_config(str(path))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainer.errors import TrainerError
-from trainer.inception import WEIGHTS_FILE, WEIGHTS_URL, default_weights_path, load_extractor
+from trainer.metrics.inception import WEIGHTS_FILE, WEIGHTS_URL, default_weights_path, load_extractor
 
 
 def sha256(path: Path) -> str:

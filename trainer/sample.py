@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from trainer import checkpoint
 from trainer.config import load_config
-from trainer.data import DATASETS, TOYS
+from trainer.data.registry import DATASETS
+from trainer.data.toys import TOYS
 from trainer.errors import TrainerError
-from trainer.layers import class_rows
-from trainer.models import build_models
-from trainer.steps import generate as generate_batch
-from trainer.visual import save_grid, save_toy_plot
+from trainer.nets.layers import class_rows
+from trainer.nets.models import build_models
+from trainer.run import checkpoint
+from trainer.run.pictures import save_grid, save_toy_plot
 
 
 def load_generator(ckpt: Path, device: torch.device) -> tuple[torch.nn.Module, object]:
@@ -55,7 +55,7 @@ def generate(
     for start in range(0, num, batch):
         z = torch.randn(min(batch, num - start), z_dim, generator=rng).to(device)
         y = None if labels is None else labels[start : start + batch].to(device)
-        chunks.append(generate_batch(generator, z, y).float().cpu())
+        chunks.append(generator(z, y).float().cpu())
     return torch.cat(chunks)
 
 

@@ -1,4 +1,4 @@
-"""Execution options (channels_last, torch.compile, Adam kernels, TF32) and the lazy / partial penalty schedule."""
+"""Execution options: channels_last, torch.compile, Adam kernels, TF32, the critic pass and backward; none changes the math."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def channels_last(cfg: Config, device: torch.device) -> bool:
     (never under DeepSpeed, whose ZeRO flattening needs the plain layout: apply_speed)."""
     if cfg.speed.channels_last is not None:
         return cfg.speed.channels_last
-    from trainer.models import PRESETS
+    from trainer.nets.models import PRESETS
 
     return device.type == "cpu" and PRESETS[cfg.model.name].channels_last_cpu
 
@@ -81,7 +81,7 @@ def adam_flags(cfg: Config, accelerator: Optional[Accelerator] = None) -> dict:
     """Keyword arguments selecting Adam's kernel: fused (one kernel for all tensors), or PyTorch's own (foreach).
 
     speed.fused_adam unset: fused on CUDA outside DeepSpeed (the same update to rounding; it also lets the non-finite
-    guard skip an update on the device without waiting for it, see trainer.steps.NonFiniteGuard), PyTorch's on CPU.
+    guard skip an update on the device without waiting for it, see trainer.core.guard.NonFiniteGuard), PyTorch's on CPU.
     """
     fused = cfg.speed.fused_adam
     if fused is None:
@@ -142,17 +142,3 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = previous
-
-
-def penalty_plan(cfg: Config, step: int, critic_steps: int, batch: int) -> tuple[int, float]:
-    """(rows, weight) of this critic step's gradient penalty; weight 0 means none this step.
-
-    Lazy penalty (StyleGAN2's lazy regularisation): only every k-th critic step of the run pays it, with weight
-    lambda * k, so its expected weight per step is unchanged. The clock is step * n_critic plus the position in the
-    current critic phase (`critic_steps` counts this process's critic steps, and every start is at a phase boundary),
-    so a resumed run keeps the schedule. `rows`: the penalty uses the first fraction of the (shuffled) batch.
-    """
-    k, n_critic = cfg.speed.lazy_penalty, cfg.train.n_critic
-    if (step * n_critic + critic_steps % n_critic) % k:
-        return 0, 0.0
-    return max(1, round(cfg.speed.penalty_fraction * batch)), cfg.loss.gp_weight * k

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, InitProcessGroupKwargs
 from torch import Tensor, nn
 
-from trainer import deepspeed_support
+from trainer.accel import zero as deepspeed_support
 from trainer.config import Config
 from trainer.errors import TrainerError
 

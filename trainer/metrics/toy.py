@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from trainer.data.toys import MODES  # noqa: F401 - mode centres and std, next to the samplers that use them
+
 W1_POINTS = 2000  # generated and real points in the exact W1 (an n x n assignment: about a second at 2,000)
 COVERED_SHARE = 0.2  # a covered mode holds at least this fraction of the uniform share of the samples
 QUALITY_STDS = 3.0  # a high-quality sample lies within this many standard deviations of a mode centre
-
-
-def _eight_gaussians() -> tuple[Tensor, float]:
-    angle = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
-    return 2 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) / 1.414, 0.02 / 1.414
-
-
-def _twentyfive_gaussians() -> tuple[Tensor, float]:
-    cell = torch.arange(25)
-    return 2 * torch.stack([cell // 5 - 2, cell % 5 - 2], dim=1).double() / 2.828, 0.05 / 2.828
-
-
-# Mode centres and per-axis standard deviation, in data space, as trainer.data's generators draw them.
-MODES = {"8gaussians": _eight_gaussians(), "25gaussians": _twentyfive_gaussians()}
 
 
 def w1_exact(generated: Tensor, real: Tensor) -> float:

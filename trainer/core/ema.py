@@ -37,5 +37,5 @@ class EMA(nn.Module):
         for ema_buf, buf in zip(self.model.buffers(), model.buffers(), strict=False):
             ema_buf.copy_(buf)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model(z)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(z, labels)

@@ -28,6 +28,14 @@ class Stats:
         self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.counts[name] = self.counts.get(name, 0) + 1
 
+    def add(self, record: dict[str, Tensor]) -> None:
+        """A step's statistics: scalars by `report`, vectors (per-sample values) by `report_spread`."""
+        for name, value in record.items():
+            if isinstance(value, Tensor) and value.dim() > 0:
+                self.report_spread(name, value)
+            else:
+                self.report(name, value)
+
     def report_spread(self, name: str, values: Tensor) -> None:
         values = values.detach().float()
         self.report(name, values)

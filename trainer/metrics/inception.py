@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from trainer.config import Config
-from trainer.data import DATASETS, load_images
+from trainer.data.registry import DATASETS, load_images
 from trainer.errors import TrainerError
-from trainer.eval_stats import (
+from trainer.metrics.moments import (
     Moments,
     ScoreSums,
     all_reduce_sum,
@@ -125,7 +125,7 @@ def real_source(cfg: Config) -> tuple[int, Callable[[Tensor], Tensor]]:
     if opener is None:
         images = load_images(cfg.data.name, cfg.data.root, False, cfg.data.image_size)
         return images.shape[0], lambda index: images[index]
-    from trainer.image_datasets import ImageOptions
+    from trainer.data.files import ImageOptions
 
     options = ImageOptions(cfg.data.image_size, getattr(cfg.data, "crop", "center"), getattr(cfg.data, "crop_size", 0))
     dataset = opener(cfg.data.root, False, options)

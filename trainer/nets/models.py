@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
-from trainer.layers import (
+from trainer.nets.layers import (
     ClassifierCritic,
     ConditionalGenerator,
     LabelledSequential,
@@ -17,29 +17,34 @@ from trainer.layers import (
     init_conv,
     init_linear,
 )
-from trainer.resnet import resnet32_pair, resnet64_pair
+from trainer.nets.resnet import resnet32_pair, resnet64_pair
 
 
 class Generator(nn.Module):
-    """z (N, z_dim) -> body -> reshaped to `out_shape` (image (C, H, W) or a 2-D point)."""
+    """z (N, z_dim) -> body -> reshaped to `out_shape` (image (C, H, W) or a 2-D point); unconditional: no labels.
+
+    Every generator is called as G(z, labels) and every critic as D(x) or D(x, with_classes=True) -> (score, logits),
+    conditional or not (labels and logits None here), so the training step has one call for both.
+    """
 
     def __init__(self, body: nn.Module, out_shape: tuple[int, ...], z_dim: int) -> None:
         super().__init__()
         self.body, self.out_shape, self.z_dim = body, tuple(out_shape), z_dim
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         return self.body(z).reshape(z.shape[0], *self.out_shape)
 
 
 class Critic(nn.Module):
-    """x -> one unbounded real number per sample, shape (N,)."""
+    """x -> one unbounded real number per sample, shape (N,); with_classes=True: (score, None), no class head."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
         self.body = body
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x).reshape(x.shape[0])
+    def forward(self, x: Tensor, with_classes: bool = False) -> Tensor | tuple[Tensor, None]:
+        score = self.body(x).reshape(x.shape[0])
+        return (score, None) if with_classes else score
 
 
 def mlp_pair(z_dim: int, width: int, channels: int, size: int) -> tuple[Generator, Critic]:

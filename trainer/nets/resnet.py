@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.layers import (
+from trainer.nets.layers import (
     ClassifierCritic,
     ConditionalGenerator,
     LabelledSequential,

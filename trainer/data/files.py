@@ -1,7 +1,7 @@
 """Image datasets through torchvision's own classes: CIFAR-10 into memory; CelebA, LSUN and image folders streamed.
 
 Streamed datasets yield (uint8 image (3, S, S), label, index, replaced): a centred square crop, an antialiased
-resize to S, nothing random (flips are drawn per batch from the shared order, see trainer.batches). A file that
+resize to S, nothing random (flips are drawn per batch from the shared order, see trainer.data.batches). A file that
 cannot be decoded is replaced by the next readable one and reported with its path, so one bad file never stops a run.
 """
 
@@ -183,7 +183,7 @@ def open_lsun_bedroom(root: str, download: bool, options: ImageOptions) -> SafeI
 
 def open_image_folder(root: str, download: bool, options: ImageOptions) -> SafeImages:
     """Every image below data.root (recursive) via torchvision's ImageFolder; top-level subfolders are classes."""
-    from trainer.image_folder import FolderImages, sample_path
+    from trainer.data.image_folder import FolderImages, sample_path
 
     hint = "Point data.root at a folder of images (searched recursively; one class per top-level subfolder)."
     if not Path(root).is_dir():

@@ -8,9 +8,9 @@ from typing import Optional
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 
-from trainer import checkpoint
 from trainer.config import Config, to_dict, to_yaml
 from trainer.errors import TrainerError
+from trainer.run import checkpoint
 
 # Keys that decide what the checkpoint's tensors mean: a resume may not change them.
 STRUCTURAL = ("model.name", "model.z_dim", "model.width", "data.name", "data.image_size", "loss.name", "optim.name")

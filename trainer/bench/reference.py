@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.config import Config
-from trainer.data import DATASETS
-from trainer.losses import LOSSES
-from trainer.models import build_models
+from trainer.core.losses import LOSSES
+from trainer.data.registry import DATASETS
+from trainer.nets.models import build_models
 
 
 def dataloader_batches(images: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
@@ -56,12 +56,12 @@ class ReferenceLoop:
     def step(self, timer=None) -> tuple[Tensor, Tensor]:
         """n_critic critic updates and one generator update; returns (critic losses (n_critic,), generator loss).
 
-        `timer` (trainer.steps.PhaseTimer) times the phases as the trainer's are timed.
+        `timer` (trainer.accel.timer.PhaseTimer) times the phases as the trainer's are timed.
         """
-        phase = timer.phase if timer is not None else (lambda name, device: nullcontext())
-        with phase("critic", self.device):
+        phase = timer.phase if timer is not None else (lambda name: nullcontext())
+        with phase("critic"):
             losses_d = [self.critic_update(phase) for _ in range(self.cfg.train.n_critic)]
-        with phase("generator", self.device):
+        with phase("generator"):
             loss_g = self.generator_update()
         return torch.stack(losses_d), loss_g
 
@@ -75,7 +75,7 @@ class ReferenceLoop:
         d_real, d_fake = self.critic(real), self.critic(fake)
         loss = self.spec.critic(d_real, d_fake)
         if self.spec.penalty and cfg.loss.gp_weight > 0:
-            with phase("penalty", self.device):
+            with phase("penalty"):
                 x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
                 grad = torch.autograd.grad(self.critic(x_hat).sum(), x_hat, create_graph=True)[0]
                 gap = grad.flatten(1).norm(2, dim=1) - 1

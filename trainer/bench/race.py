@@ -8,21 +8,23 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from trainer.batches import ImageBatches
+from trainer.accel.runtime import make_accelerator
+from trainer.accel.speed import cudnn_benchmark, float32_modes, tf32_modes
+from trainer.accel.timer import PhaseTimer, peak_memory_mb, sync
+from trainer.bench.reference import ReferenceLoop, dataloader_batches
 from trainer.config import Config, load_config, to_dict
-from trainer.data import DATASETS, load_images
+from trainer.core.build import build
+from trainer.core.loop import train_step
+from trainer.data.batches import ImageBatches
+from trainer.data.registry import DATASETS, load_images
 from trainer.errors import TrainerError
-from trainer.flops import count_flops, peak_tflops
-from trainer.loop import build_parts, train_step
-from trainer.reference import ReferenceLoop, dataloader_batches
-from trainer.runtime import make_accelerator
-from trainer.speed import cudnn_benchmark, float32_modes, tf32_modes
-from trainer.steps import PhaseTimer
+from trainer.metrics.flops import count_flops, peak_tflops
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -58,7 +60,7 @@ def bench_images(cfg: Config, synthetic: int) -> torch.Tensor:
 
 
 class TrainerStep:
-    """The trainer's step as trainer.loop builds and runs it (build_parts' order), on `images` held on the device."""
+    """The trainer's step as trainer.core.loop builds and runs it (build_parts' order), on `images` held on the device."""
 
     def __init__(self, cfg: Config, images: torch.Tensor) -> None:
         self.accelerator = accelerator = make_accelerator(cfg)
@@ -66,36 +68,31 @@ class TrainerStep:
         self.precision = accelerator.mixed_precision
         rank, batch = accelerator.process_index, cfg.train.batch_size
         batches = ImageBatches(images.to(self.device), batch, rank, self.world, cfg.seed)
-        self.parts = build_parts(cfg, accelerator, batches)
+        self.training = build(cfg, accelerator, batches)
+        self.timer = self.training.timer
         self.modes = tf32_modes()  # what cfg.speed.tf32 set; restored around each of this contender's runs
 
-    def step(self, timer: Optional[PhaseTimer] = None, eager: bool = False) -> None:
-        """One generator iteration exactly as trainer.loop.run_loop runs it (a graph replay under speed.cuda_graph)."""
-        self.parts.timer = timer or PhaseTimer()
-        train_step(self.parts, eager)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak tensor memory on a GPU (since the last reset); on CPU the process's peak resident set (both contenders)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def step(self, timed: bool = False, eager: bool = False) -> None:
+        """One generator iteration exactly as trainer.core.loop.run_loop runs it (a graph replay under
+        speed.cuda_graph, except on `timed` steps, whose phases the trainer's own timer measures)."""
+        self.timer.enabled = timed
+        train_step(self.training, eager)
+        self.timer.enabled = False
 
 
 class Contender:
     """One side of the race: its step, the float32 (TF32) modes it runs under, and what was measured."""
 
     def __init__(
-        self, name: str, step: Callable, modes: tuple[str, str], device: torch.device, benchmark: bool = False
+        self,
+        name: str,
+        step: Callable,
+        timer: PhaseTimer,
+        modes: tuple[str, str],
+        device: torch.device,
+        benchmark: bool = False,
     ) -> None:
-        self.name, self.step, self.modes, self.device = name, step, modes, device
+        self.name, self.step, self.timer, self.modes, self.device = name, step, timer, modes, device
         self.benchmark = benchmark  # torch.backends.cudnn.benchmark while this contender runs
         self.seconds_per_step: list[float] = []
         self.cpu_seconds_per_step: list[float] = []  # this process's CPU time: robust to other users' load at 1 thread
@@ -109,7 +106,7 @@ class Contender:
             sync(self.device)
             start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(steps):
-                self.step(None)
+                self.step()
             sync(self.device)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
@@ -117,19 +114,18 @@ class Contender:
 
     def split(self, steps: int) -> None:
         """Milliseconds per step in critic (without the penalty), penalty (forward + input gradient), generator."""
-        timer = PhaseTimer()
+        self.timer.reset()
         with float32_modes(self.modes), cudnn_benchmark(self.benchmark):
             for _ in range(steps):
-                timer.enabled = True
-                self.step(timer)
-        ms = {k: v / steps for k, v in timer.ms.items()}
-        penalty = ms.get("penalty", 0.0)
-        self.split_ms = {"critic": ms["critic"] - penalty, "penalty": penalty, "generator": ms["generator"]}
+                self.step(timed=True)
+        split = self.timer.split()
+        self.timer.reset()
+        self.split_ms = {k: split[f"time_{k}_ms"] / steps for k in ("critic", "penalty", "generator")}
 
     def count(self) -> None:
         """FLOPs of one step, run eagerly (a CUDA graph replay dispatches no operators to count)."""
         with float32_modes(self.modes), cudnn_benchmark(self.benchmark):
-            self.flops = count_flops(lambda: self.step(None, eager=True))
+            self.flops = count_flops(lambda: self.step(eager=True))
 
 
 def agreed(steps: int, device: torch.device) -> int:
@@ -240,14 +236,22 @@ def contenders_for(cfg: Config, args: argparse.Namespace, images: torch.Tensor) 
     if args.against:
         other_cfg = load_config(args.config, (*args.overrides, *args.against.split()))
         other = TrainerStep(other_cfg, images)
-        b = Contender("baseline", other.step, other.modes, other.device, other_cfg.speed.cudnn_benchmark)
+        b = Contender("baseline", other.step, other.timer, other.modes, other.device, other_cfg.speed.cudnn_benchmark)
     else:
         data = dataloader_batches(images, cfg.train.batch_size, cfg.seed)
         reference = ReferenceLoop(cfg, trainer.device, data)
-        b = Contender("reference", lambda timer=None, eager=False: reference.step(timer), defaults, trainer.device)
+        timer = PhaseTimer(trainer.device)
+        step = partial(_reference_step, reference, timer)
+        b = Contender("reference", step, timer, defaults, trainer.device)
     torch.set_num_threads(args.threads or cfg.train.cpu_threads or os.cpu_count() or 1)  # the same for both
-    a = Contender("trainer", trainer.step, trainer.modes, trainer.device, cfg.speed.cudnn_benchmark)
+    a = Contender("trainer", trainer.step, trainer.timer, trainer.modes, trainer.device, cfg.speed.cudnn_benchmark)
     return trainer, [a, b]
+
+
+def _reference_step(reference: ReferenceLoop, timer: PhaseTimer, timed: bool = False, eager: bool = False) -> None:
+    timer.enabled = timed
+    reference.step(timer)
+    timer.enabled = False
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -268,6 +272,3 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"wrote {args.out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,9 +10,7 @@ optimizer files, which Accelerate loads with weights_only=True.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -91,9 +89,7 @@ def save(
                 save_file(_state_dict_fp32(ema), str(tmp / EMA_FILE))
             record = {**state, "step": step, "world_size": accelerator.num_processes, "fingerprints": per_rank}
             (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
-            time.sleep(float(os.environ.get("WGAN_GP_FAULT_SLOW_SAVE", "0")))  # test-only: widen the kill window
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)  # atomic on one file system: a checkpoint is either complete or absent
+            publish(tmp, final)
             _prune(run_dir, keep)
     except OSError as err:
         if accelerator.is_main_process:
@@ -104,6 +100,12 @@ def save(
         ) from None
     accelerator.wait_for_everyone()
     return final
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """The complete checkpoint takes its final name: atomic on one file system, so it is either complete or absent."""
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
 
 
 def _prune(run_dir: Path, keep: int) -> None:

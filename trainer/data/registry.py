@@ -1,7 +1,7 @@
 """Datasets as batch sources: toys, digits, MNIST, CIFAR-10 on the device; CelebA, LSUN and image folders streamed.
 
 Small datasets live on the training device as uint8 and batches are drawn there by index; large ones stream through
-a DataLoader. Both walk the same sharded, resumable order (trainer.batches) and give images in [-1, 1].
+a DataLoader. Both walk the same sharded, resumable order (trainer.data.batches) and give images in [-1, 1].
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from trainer.batches import ImageBatches, StreamBatches
+from trainer.data.batches import ImageBatches, StreamBatches
+from trainer.data.toys import TOYS
 from trainer.errors import TrainerError
-from trainer.image_datasets import (
+from trainer.data.files import (
     ImageOptions,
     load_cifar10,
     open_celeba,
@@ -28,38 +29,6 @@ from trainer.image_datasets import (
 
 if TYPE_CHECKING:
     from trainer.config import Config
-
-
-def eight_gaussians(n: int, generator: Optional[torch.Generator] = None, device: str | torch.device = "cpu") -> Tensor:
-    """8 Gaussians (std 0.02) on a circle of radius 2, scaled by 1/1.414 as in the paper's toy code."""
-    angle = torch.randint(0, 8, (n,), generator=generator) * (math.pi / 4)
-    centers = 2 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    points = centers + 0.02 * torch.randn(n, 2, generator=generator)
-    return (points / 1.414).to(device)
-
-
-def twentyfive_gaussians(
-    n: int, generator: Optional[torch.Generator] = None, device: str | torch.device = "cpu"
-) -> Tensor:
-    """25 Gaussians (std 0.05) on the grid {-4, -2, 0, 2, 4}^2, scaled by 1/2.828 as in the paper's toy code."""
-    cell = torch.randint(0, 25, (n,), generator=generator)
-    centers = 2 * torch.stack([cell // 5 - 2, cell % 5 - 2], dim=1).float()
-    points = centers + 0.05 * torch.randn(n, 2, generator=generator)
-    return (points / 2.828).to(device)
-
-
-def swiss_roll(n: int, generator: Optional[torch.Generator] = None, device: str | torch.device = "cpu") -> Tensor:
-    """sklearn's make_swiss_roll(noise=0.25) projected on (x, z) and scaled by 1/7.5, as in the paper's toy code."""
-    t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
-    points = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1) + 0.25 * torch.randn(n, 2, generator=generator)
-    return (points / 7.5).to(device)
-
-
-TOYS: dict[str, Callable[..., Tensor]] = {
-    "8gaussians": eight_gaussians,
-    "25gaussians": twentyfive_gaussians,
-    "swissroll": swiss_roll,
-}
 
 
 def load_digits_uint8() -> Tensor:

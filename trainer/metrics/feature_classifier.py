@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from trainer.data import load_digits_uint8, load_torchvision_uint8, resize_uint8
-from trainer.eval_stats import Moments
+from trainer.data.registry import load_digits_uint8, load_torchvision_uint8, resize_uint8
+from trainer.metrics.moments import Moments
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 VERSION = 1  # part of the cache file name: bump when the network or its training changes
@@ -63,7 +63,7 @@ def cache_path(cache_dir: Optional[str], dataset: str, image_size: int) -> Path:
 
 
 def load_labelled(dataset: str, root: str, image_size: int) -> tuple[Tensor, Tensor]:
-    """The training split as uint8 (N, 1, S, S) images resized like trainer.data does, and int64 labels."""
+    """The training split as uint8 (N, 1, S, S) images resized like trainer.data.registry does, and int64 labels."""
     if dataset == "digits":
         from sklearn.datasets import load_digits
 

@@ -83,7 +83,8 @@ class ClassifierCritic(nn.Module):
     """x -> features (N, F) -> an unbounded score (N,); with `num_classes` also AC-GAN class logits (N, K).
 
     `forward(x)` returns the score only, so the penalty and fp32 forward need no change; the AC-GAN pass calls
-    `forward(x, with_classes=True)` -> (score, logits) through the (DDP-)prepared module.
+    `forward(x, with_classes=True)` -> (score, logits) through the (DDP-)prepared module (logits None without a
+    class head).
     """
 
     def __init__(self, features: nn.Module, feature_dim: int, num_classes: int = 0, init: str = "glorot") -> None:
@@ -92,14 +93,12 @@ class ClassifierCritic(nn.Module):
         self.head = init_linear(nn.Linear(feature_dim, 1), init)
         self.classifier = init_linear(nn.Linear(feature_dim, num_classes), init) if num_classes else None
 
-    def forward(self, x: Tensor, with_classes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, with_classes: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
         h = self.features(x)
         score = self.head(h).reshape(x.shape[0])
         if not with_classes:
             return score
-        if self.classifier is None:
-            raise ValueError("with_classes=True needs a critic built with num_classes > 0 (model.conditional)")
-        return score, self.classifier(h)
+        return score, None if self.classifier is None else self.classifier(h)
 
 
 def _uniform_(weight: Tensor, std: float) -> None:

@@ -1,0 +1,1 @@
+"""How the step runs on hardware: Accelerate setup, DeepSpeed, execution options, CUDA graphs, phase timing."""

@@ -1,0 +1,1 @@
+"""`python -m trainer.bench`: the trainer's step raced against a plain PyTorch loop (trainer.bench.race)."""

@@ -1,0 +1,1 @@
+"""The training math and its loop: losses, the critic and generator steps, guard, EMA, schedule, the builder."""

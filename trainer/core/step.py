@@ -1,0 +1,124 @@
+"""One critic step and one generator step of Algorithm 1 (Gulrajani et al. 2017), on objects built once.
+
+The steps take their inputs and return their statistics; which critic forward (one joint pass or two), which backward
+(DDP, DeepSpeed, parameters only), the fp32 penalty and the loss are objects the builder chose (trainer.core.build).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from trainer.core.guard import NonFiniteGuard
+from trainer.core.losses import CriticBatch, Objective, Stats
+
+Scores = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]  # D(real), D(fake) in float32, their class logits
+
+
+@dataclass
+class Update:
+    """One optimizer's update from a loss: zero the gradients, backward, a guarded step, then `after` (clipping)."""
+
+    optimizer: torch.optim.Optimizer
+    module: nn.Module  # whose gradients the guard checks
+    backward: Callable[[Tensor], None]
+    guard: NonFiniteGuard
+    after: Callable[[], None] = lambda: None
+
+    def __call__(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.guard.step(self.optimizer, self.module)
+        self.after()
+
+
+@dataclass
+class TrainState:
+    """The networks, their updates and the objective one training run steps (built by trainer.core.build).
+
+    `generator` is the prepared (DDP) generator; `sample` the raw one, for fakes without gradients; `critic` the raw
+    critic, called outside DDP in the generator step (its gradients are not needed there); `scores` the critic's
+    main pass over real and fake, through DDP.
+    """
+
+    generator: nn.Module
+    sample: nn.Module
+    critic: nn.Module
+    scores: Callable[[Tensor, Tensor], Scores]
+    objective: Objective
+    update_critic: Update
+    update_generator: Update
+    step: int = 0  # generator steps done
+
+
+def critic_step(s: TrainState, real: Tensor, labels: Optional[Tensor], z: Tensor, eps: Tensor) -> Stats:
+    """Algorithm 1, lines 3-9: one critic update on a real batch, fakes G(z) and one eps per sample."""
+    with torch.no_grad():  # conditional: the fakes take the real batch's labels, as the paper's AC-GAN code
+        fake = s.sample(z, labels).float()
+    d_real, d_fake, logits_real, logits_fake = s.scores(real, fake)
+    batch = CriticBatch(real, fake, eps, labels, d_real, d_fake, logits_real, logits_fake)
+    loss, stats = s.objective.critic_loss(batch)  # E[D(fake)] - E[D(real)] + lambda * GP (+ the loss's options)
+    s.update_critic(loss)
+    return {**stats, "loss_d": loss, "wasserstein": d_real.mean() - d_fake.mean(), "d_real": d_real.mean()}
+
+
+def generator_step(s: TrainState, z: Tensor, labels: Optional[Tensor]) -> Stats:
+    """Algorithm 1, lines 11-12: one generator update through the critic, whose weights take no gradient."""
+    with frozen(s.critic):
+        d_fake, logits = s.critic(s.generator(z, labels), with_classes=True)
+        loss = s.objective.generator_loss(d_fake.float(), logits, labels)  # -E[D(G(z))]
+        s.update_generator(loss)
+    return {"loss_g": loss}
+
+
+def iteration(s: TrainState, inputs, phase=None) -> list[Stats]:
+    """One generator iteration: n critic steps, then one generator step, on `inputs`' draws (trainer.core.inputs)."""
+    phase = phase or _no_phase
+    with phase("critic"):
+        records = [critic_step(s, *inputs.critic()) for _ in range(inputs.n_critic)]
+    with phase("generator"):
+        records.append(generator_step(s, *inputs.generator()))
+    return records
+
+
+@contextmanager
+def _no_phase(name: str) -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """The module's parameters take no gradient inside the block (restored even if it raises)."""
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)
+
+
+def joint_pass(critic: nn.Module) -> Callable[[Tensor, Tensor], Scores]:
+    """One critic forward over cat(real, fake): exact, since no critic has batch statistics; half the launches."""
+
+    def scores(real: Tensor, fake: Tensor) -> Scores:
+        n = real.shape[0]
+        out, logits = critic(torch.cat([real, fake]), with_classes=True)
+        split = (None, None) if logits is None else (logits[:n], logits[n:])
+        return out[:n].float(), out[n:].float(), *split
+
+    return scores
+
+
+def two_passes(critic: nn.Module, critic_outside_ddp: nn.Module) -> Callable[[Tensor, Tensor], Scores]:
+    """Two critic forwards (smaller activations: faster on CPUs); the second skips DDP, which reduces once anyway."""
+
+    def scores(real: Tensor, fake: Tensor) -> Scores:
+        (d_real, logits_real), (d_fake, logits_fake) = critic(real, with_classes=True), critic_outside_ddp(
+            fake, with_classes=True
+        )
+        return d_real.float(), d_fake.float(), logits_real, logits_fake
+
+    return scores
