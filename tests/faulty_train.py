@@ -1,9 +1,9 @@
 """train.py with faults injected for tests, chosen by environment variables (the product carries no test hooks).
 
-  WGAN_GP_FAULT_NAN_AT=STEP[@RANK],...  the critic loss is NaN in generator step STEP (1-based) on every process,
-                                        or on process RANK only
-  WGAN_GP_FAULT_SLOW_SAVE=SECONDS       a checkpoint waits this long, complete but not yet renamed into place
-  WGAN_GP_EMULATE_CUDA_GRAPH=1          speed.cuda_graph on the CPU through tests/graph_emulation.py
+WGAN_GP_FAULT_NAN_AT=STEP[@RANK],...  the critic loss is NaN in generator step STEP (1-based) on every process,
+                                      or on process RANK only
+WGAN_GP_FAULT_SLOW_SAVE=SECONDS       a checkpoint waits this long, complete but not yet renamed into place
+WGAN_GP_EMULATE_CUDA_GRAPH=1          speed.cuda_graph on the CPU through tests/graph_emulation.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 
 def nan_steps(spec: str) -> set[tuple[int, int]]:
-    """"3,4@1": NaN at step 3 on every process (-1) and at step 4 on process 1 only."""
+    """ "3,4@1": NaN at step 3 on every process (-1) and at step 4 on process 1 only."""
     out = set()
     for item in filter(None, (x.strip() for x in spec.split(","))):
         step, _, rank = item.partition("@")

@@ -31,14 +31,14 @@ def fresh_accelerator_state():
 def _run(*overrides: str) -> tuple[list[tuple[float, float]], torch.Tensor, torch.Tensor | None]:
     cfg = load_config(None, (*SMALL, *overrides))
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
-    p, losses = trainer.parts, []
+    p, losses = trainer.training, []
     for _ in range(STEPS):
         trainer.step()
         record = p.stats.reduce(trainer.accelerator)
         losses.append((record["loss_d"], record["loss_g"]))
     torch.cuda.synchronize()
     weights = torch.cat(
-        [q.detach().float().flatten() for n in (p.generator, p.critic) for q in raw_module(n).parameters()]
+        [q.detach().float().flatten() for n in (p.state.generator, p.state.critic) for q in raw_module(n).parameters()]
     )
     ema = torch.cat([q.detach().flatten() for q in p.ema.parameters()]) if p.ema is not None else None
     return losses, weights, ema

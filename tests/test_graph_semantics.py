@@ -1,4 +1,4 @@
-"""speed.cuda_graph's logic on the CPU: trainer.cuda_graph.EmulatedGraph replays the captured operators on the same
+"""speed.cuda_graph's logic on the CPU: graph_emulation.EmulatedGraph replays the captured operators on the same
 tensors without rerunning Python, as a CUDA graph does, so a value frozen at capture shows up as a wrong result."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from conftest import TINY, ok, python_train, read_metrics
+from graph_emulation import EmulatedBackend
 
 from trainer.accel import cuda_graph
 from trainer.accel.runtime import raw_module
 from trainer.bench.race import TrainerStep, bench_images
 from trainer.config import load_config
-from trainer.core.step import PhaseTimer
 
 BASE = (
     "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2", "seed=7", "train.cpu=true",
@@ -27,7 +27,7 @@ STEPS = 7  # 3 eager warm-up steps, the captured step, 3 replays
 @pytest.fixture(autouse=True)
 def emulated(monkeypatch):
     AcceleratorState._reset_state(reset_partial_state=True)
-    monkeypatch.setattr(cuda_graph, "BACKEND", cuda_graph.EmulatedBackend())
+    monkeypatch.setattr(cuda_graph, "BACKEND", EmulatedBackend())
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
 
@@ -35,15 +35,13 @@ def emulated(monkeypatch):
 def _run(*overrides: str, timed: tuple[int, ...] = ()) -> tuple[list, torch.Tensor, torch.Tensor]:
     cfg = load_config(None, (*BASE, *overrides))
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
-    p, records = trainer.parts, []
+    t, records = trainer.training, []
     for step in range(STEPS):
-        timer = PhaseTimer()
-        timer.enabled = step in timed  # as run_loop does on log steps: phase timings, run eagerly
-        trainer.step(timer)
-        records.append(p.stats.reduce(trainer.accelerator))
-    nets = (raw_module(p.generator), raw_module(p.critic))
+        trainer.step(timed=step in timed)  # as run_loop does on log steps: phase timings, run eagerly
+        records.append(t.stats.reduce(trainer.accelerator))
+    nets = (raw_module(t.state.generator), t.state.critic)
     weights = torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])
-    return records, weights, torch.cat([q.flatten() for q in p.ema.parameters()])
+    return records, weights, torch.cat([q.flatten() for q in t.ema.parameters()])
 
 
 def _same(a, b) -> None:
@@ -68,7 +66,7 @@ def test_timed_eager_steps_between_replays_keep_the_graph_right() -> None:
 def test_the_emulation_catches_a_value_frozen_at_capture(monkeypatch) -> None:
     """Control: a float learning rate (not written into the device tensor) is frozen into the graph; the emulated
     replays then train with the capture step's rate and the run departs from the eager one."""
-    monkeypatch.setattr(cuda_graph.GraphedStep, "_lr_to_device", lambda self, p: None)
+    monkeypatch.setattr(cuda_graph.GraphedIteration, "_lr_to_device", lambda self: None)
     eager = _run()
     frozen = _run("speed.cuda_graph=true")
     assert not torch.equal(eager[1], frozen[1])
@@ -77,16 +75,17 @@ def test_the_emulation_catches_a_value_frozen_at_capture(monkeypatch) -> None:
 def test_a_host_sync_inside_the_capture_is_refused(monkeypatch, capsys) -> None:
     """The recorder refuses .item() and random draws, as a CUDA capture fails on them (the run then goes on eagerly:
     the next test; here the emulation had already run the step's operators, so only the refusal is checked)."""
-    original = cuda_graph.GraphedStep._capture
+    original = cuda_graph.GraphedIteration._capture
 
-    def capture_with_sync(self, p, iteration):
-        def with_sync(parts):
-            iteration(parts)
-            float(parts.critic(torch.ones(1, 1, 8, 8)).detach().sum())  # .item() underneath: a host sync
+    def capture_with_sync(self, step):
+        def with_sync():
+            records = step()
+            float(self.state.critic(torch.ones(1, 1, 8, 8)).detach().sum())  # .item() underneath: a host sync
+            return records
 
-        return original(self, p, with_sync)
+        return original(self, with_sync)
 
-    monkeypatch.setattr(cuda_graph.GraphedStep, "_capture", capture_with_sync)
+    monkeypatch.setattr(cuda_graph.GraphedIteration, "_capture", capture_with_sync)
     _run("speed.cuda_graph=true")
     assert "a host sync or a random draw cannot be replayed" in capsys.readouterr().out
 
@@ -112,18 +111,18 @@ def test_a_nan_batch_is_skipped_inside_the_graph_as_outside() -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
         cfg = load_config(None, (*BASE, *overrides))
         trainer = TrainerStep(cfg, bench_images(cfg, 0))
-        p, draw, calls = trainer.parts, trainer.parts.batches.next, [0]
+        t, draw, calls = trainer.training, trainer.training.batches.next, [0]
 
         def poisoned() -> torch.Tensor:
             calls[0] += 1
             batch = draw()
             return batch * float("nan") if calls[0] in (9, 10) else batch  # step 5 of 7, n_critic 2
 
-        p.batches.next = poisoned
+        t.batches.next = poisoned
         for _ in range(STEPS):
             trainer.step()
-        nets = (raw_module(p.generator), raw_module(p.critic))
-        return p.guard.total, torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])
+        nets = (raw_module(t.state.generator), t.state.critic)
+        return t.guard.total, torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])
 
     (skipped_eager, eager), (skipped_graph, graphed) = run(), run("speed.cuda_graph=true")
     assert skipped_eager == skipped_graph == 2

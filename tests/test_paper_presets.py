@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from trainer.core.losses import acgan_critic_loss, acgan_generator_loss, class_accuracy, gradient_penalty
-from trainer.core.schedule import lr_factor, make_scheduler
+from trainer.core.schedule import lr_factor
 from trainer.nets.layers import ClassBatchNorm2d, LayerNorm2d, class_rows
 from trainer.nets.models import PRESETS, build_models, parameter_count
 from trainer.nets.resnet import ResBlock
@@ -133,9 +133,6 @@ def test_acgan_losses_match_cross_entropy_by_hand():
     by_hand = -(logits.log_softmax(1)[torch.arange(2), labels]).mean()
     assert torch.allclose(acgan_generator_loss(logits, labels), by_hand)
     assert torch.allclose(acgan_critic_loss(logits, labels), by_hand)
-    fake = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    both = by_hand - fake.log_softmax(1)[torch.arange(2), torch.tensor([2, 2])].mean()
-    assert torch.allclose(acgan_critic_loss(logits, labels, fake, torch.tensor([2, 2])), both)
     assert class_accuracy(logits, labels).item() == 0.5 and F.cross_entropy(logits, labels) == by_hand
 
 
@@ -145,27 +142,13 @@ def test_class_rows_one_class_per_row():
     assert class_rows(16, 3).tolist()[:8] == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
-def test_linear_schedule_decays_to_zero_and_resumes(tmp_path):
-    def make():
-        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2e-4)
-        return opt, make_scheduler(opt, "linear", 10)
-
-    opt, sched = make()
-    lrs = []
-    for _ in range(12):
-        opt.step()
-        sched.step()
-        lrs.append(opt.param_groups[0]["lr"])
-        if len(lrs) == 4:
-            torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "state.pt")
+def test_linear_schedule_decays_to_zero_and_resumes():
+    """The rate is a pure function of the generator step (trainer.core.build.Training.apply_schedule), so a resumed
+    run, which restores only the step, continues the schedule exactly."""
+    lrs = [2e-4 * lr_factor("linear", step, 10) for step in range(1, 13)]
     assert lrs[:3] == pytest.approx([2e-4 * (1 - k / 10) for k in (1, 2, 3)]) and lrs[9:] == [0.0] * 3
-    opt2, sched2 = make()  # what Accelerate's load_state restores: the optimizer and the registered scheduler
-    state = torch.load(tmp_path / "state.pt")
-    opt2.load_state_dict(state["opt"])
-    sched2.load_state_dict(state["sched"])
-    assert opt2.param_groups[0]["lr"] == pytest.approx(lrs[3])
-    sched2.step()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(lrs[4])
+    resumed = [2e-4 * lr_factor("linear", step, 10) for step in range(4, 6)]  # a new process at step 4
+    assert resumed == pytest.approx(lrs[3:5])
     assert [lr_factor("constant", k, 10) for k in (0, 5, 20)] == [1.0] * 3
 
 

@@ -15,11 +15,10 @@ from conftest import TINY, ok, python_train, read_metrics
 from trainer.accel.runtime import fp32_forward
 from trainer.accel.speed import float32_modes
 from trainer.config import load_config
-from trainer.core.losses import LOSSES, gradient_penalty, wasserstein_critic_loss
-from trainer.core.step import Parts, critic_step, make_optimizers
-from trainer.data.registry import make_batches
+from trainer.core.build import Training, build
+from trainer.core.losses import gradient_penalty, wasserstein_critic_loss
+from trainer.core.step import critic_step
 from trainer.nets.models import build_models
-from trainer.run.stats import Stats
 
 DEVICE_PRECISIONS = ["bf16"] + (["fp16"] if torch.cuda.is_available() else [])  # Accelerate has no fp16 on CPU
 
@@ -31,18 +30,14 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _parts(precision: str, batch: int = 8, *extra: str) -> Parts:
+def _parts(precision: str, batch: int = 8, *extra: str) -> Training:
     cfg = load_config(
-        None, ("model.width=8", "model.z_dim=16", f"train.batch_size={batch}", f"train.precision={precision}", *extra)
-    )
+        None,
+        ("model.width=8", "model.z_dim=16", f"train.batch_size={batch}", f"train.precision={precision}",
+         "train.ema_decay=0", "speed.channels_last=false", *extra),
+    )  # fmt: skip
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-    torch.manual_seed(0)
-    gen, critic = build_models("conv-small", 16, 8, 1, 8)
-    spec = LOSSES["wgan-gp"]
-    opt_g, opt_d = make_optimizers(cfg, spec, gen, critic)
-    gen, critic, opt_g, opt_d = accelerator.prepare(gen, critic, opt_g, opt_d)
-    batches = make_batches("digits", "data", False, 8, batch, accelerator.device, 0, 1, 0)
-    return Parts(cfg, accelerator, spec, gen, critic, opt_g, opt_d, batches, None, Stats())
+    return build(cfg, accelerator)
 
 
 @pytest.mark.parametrize("joint", [True, False])
@@ -52,16 +47,16 @@ def test_critic_layers_see_low_precision_in_main_pass_and_fp32_in_penalty(precis
     parts, batch = _parts(precision, 8, f"speed.joint_forward={str(joint).lower()}"), 8
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     seen: list[tuple[int, torch.dtype]] = []
-    layers = [m for m in parts.critic.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [m for m in parts.state.critic.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     for layer in layers:
         layer.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[0], out.dtype)))
-    critic_step(parts)
+    critic_step(parts.state, *parts.inputs.critic())
     main, penalty = seen[: -len(layers)], seen[-len(layers) :]  # the interpolates' pass comes last
     assert [rows for rows, _ in main] == [2 * batch] * len(layers) if joint else [batch] * 2 * len(layers)
     assert [rows for rows, _ in penalty] == [batch] * len(layers)
     assert {dtype for _, dtype in main} == {low}
     assert {dtype for _, dtype in penalty} == {torch.float32}
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in parts.critic.parameters())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in parts.state.critic.parameters())
 
 
 def _penalty_grads(critic_fn, critic_params, real, fake, eps) -> torch.Tensor:
@@ -84,7 +79,7 @@ def test_bf16_run_penalty_gradients_match_fp32(ieee_fp32) -> None:
     (relative), because the penalty path is fp32; the naive bf16 penalty is off by far more; the whole critic loss
     (main pass in bf16) stays within 5% of fp32."""
     parts = _parts("bf16")
-    critic, device = parts.critic, parts.accelerator.device
+    critic, device = parts.state.update_critic.module, parts.accelerator.device  # the prepared critic
     reference = build_models("conv-small", 16, 8, 1, 8)[1].to(device)
     reference.load_state_dict(parts.accelerator.unwrap_model(critic).state_dict())
     torch.manual_seed(1)

@@ -8,14 +8,15 @@ from accelerate.state import AcceleratorState
 from conftest import ROOT
 from torch.utils.data import Dataset
 
-from trainer.accel.cuda_graph import StaticFeed
+from trainer.accel.cuda_graph import StaticFeed, _sample_shape
 from trainer.accel.runtime import raw_module
-from trainer.accel.speed import channels_last, float32_modes, penalty_plan, set_tf32, tf32_modes
+from trainer.accel.speed import channels_last, float32_modes, set_tf32, tf32_modes
 from trainer.bench.race import TrainerStep, bench_images
 from trainer.bench.reference import ReferenceLoop
 from trainer.config import load_config
-from trainer.core import step as steps
-from trainer.core.loop import apply_schedule, iteration
+from trainer.core import losses
+from trainer.core.losses import CriticBatch, Penalty
+from trainer.core.step import iteration
 from trainer.data.batches import StreamBatches
 from trainer.errors import TrainerError
 
@@ -50,21 +51,22 @@ def run_trainer(*overrides: str, stream: bool = False) -> tuple[list[tuple[float
     """(loss_d, loss_g) per generator step and all weights afterwards, for the trainer with these overrides."""
     cfg = load_config(None, (*TINY, *overrides))
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
-    p = trainer.parts
+    p = trainer.training
     if stream:  # the DataLoader path over the same images and the same sharded order
         p.batches = StreamBatches(_Uint8(bench_images(cfg, 0)), cfg.train.batch_size, 0, 1, cfg.seed, trainer.device)
+        p.inputs.batches = p.batches
     losses = []
     for _ in range(STEPS):
         trainer.step()
         record = p.stats.reduce(trainer.accelerator)
         losses.append((record["loss_d"], record["loss_g"]))
-    return losses, _weights(p.generator, p.critic)
+    return losses, _weights(p.state.generator, p.state.critic)
 
 
 def run_reference(*overrides: str) -> tuple[list[tuple[float, float]], torch.Tensor]:
     """The plain loop (three critic forwards, plain backward) fed the trainer's batches and noise stream."""
     cfg = load_config(None, (*TINY, *overrides))
-    order = TrainerStep(cfg, bench_images(cfg, 0)).parts.batches  # a fresh copy of the trainer's batch order
+    order = TrainerStep(cfg, bench_images(cfg, 0)).training.batches  # a fresh copy of the trainer's batch order
     reference = ReferenceLoop(cfg, torch.device("cpu"), iter(order.next, None))
     torch.manual_seed(cfg.seed)  # the trainer reseeds after building its networks (seed + rank 0)
     losses = []
@@ -122,13 +124,14 @@ def test_static_feed_draws_what_the_eager_step_draws(plain, monkeypatch):
     """speed.cuda_graph's inputs: batches and noise drawn ahead into fixed buffers (StaticFeed), in the eager order,
     give the very same run (the graph capture itself needs CUDA: tests/test_cuda.py)."""
 
-    def fed_step(self, timer=None, eager=False):
-        p = self.parts
-        apply_schedule(p)
-        p.feed = p.feed or StaticFeed(p)
-        p.feed.fill(p)
-        iteration(p)
-        p.step += 1
+    def fed_step(self, timed=False, eager=False):
+        t = self.training
+        t.apply_schedule()
+        self.feed = getattr(self, "feed", None) or StaticFeed(t.inputs, _sample_shape(t))
+        self.feed.fill()
+        for record in iteration(t.state, self.feed):
+            t.stats.add(record)
+        t.state.step += 1
 
     monkeypatch.setattr(TrainerStep, "step", fed_step)
     assert_same(plain, run_trainer(), loss_tol=0, weight_tol=0)
@@ -151,37 +154,42 @@ def test_the_tolerances_catch_a_real_change(plain):
 
 
 def test_lazy_penalty_schedule_and_weight():
-    cfg = load_config(None, (*TINY, "train.n_critic=5", "speed.lazy_penalty=3"))
-    due = [penalty_plan(cfg, step, c, 16)[1] > 0 for step in range(3) for c in range(5)]
+    cfg = load_config(None, (*TINY, "train.n_critic=5", "loss.lazy_penalty=3"))
+    t = TrainerStep(cfg, bench_images(cfg, 0)).training
+    batch = CriticBatch(*(torch.zeros(16, 1, 8, 8),) * 2, torch.rand(16), None, torch.zeros(16), torch.zeros(16))
+    penalty = Penalty(lambda x: x.flatten(1).sum(1), 10.0, every=3)  # ||grad|| = 8: the penalty is 49
+    due = [penalty(batch)[0] is not None for _ in range(15)]
     assert due == [i % 3 == 0 for i in range(15)]
-    resumed = [penalty_plan(cfg, 2, c, 16)[1] > 0 for c in range(5)]  # a new process starts at step 2, count 0
+    t.resume_at(2)  # a new process resumes at step 2 (critic step 10)
+    resumed = [t.penalty(batch)[0] is not None for _ in range(5)]
     assert resumed == due[10:]
-    assert penalty_plan(cfg, 0, 0, 16) == (16, 30.0)  # lambda * k on the steps that pay
+    penalty.clock = 0
+    assert penalty(batch)[0].item() == pytest.approx(30.0 * 49)  # lambda * k on the steps that pay
 
 
 def test_lazy_penalty_enters_the_loss_with_weight_k():
     """Step 0 pays lambda * 2 * GP, so its critic loss exceeds the paper's by lambda * GP; step 1 has no penalty."""
     (paper, _), cfg = (
         run_trainer("train.n_critic=1"),
-        load_config(None, (*TINY, "train.n_critic=1", "speed.lazy_penalty=2")),
+        load_config(None, (*TINY, "train.n_critic=1", "loss.lazy_penalty=2")),
     )
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
     trainer.step()
-    first = trainer.parts.stats.reduce(trainer.accelerator)
+    first = trainer.training.stats.reduce(trainer.accelerator)
     trainer.step()
-    assert "penalty" not in trainer.parts.stats.reduce(trainer.accelerator)
+    assert "penalty" not in trainer.training.stats.reduce(trainer.accelerator)
     assert first["loss_d"] - paper[0][0] == pytest.approx(10.0 * first["penalty"], rel=1e-4)
 
 
 def test_penalty_fraction_uses_the_first_rows(monkeypatch):
-    seen, original = [], steps.gradient_penalty
+    seen, original = [], losses.gradient_penalty
 
     def spy(critic, real, fake, eps, **kw):
         seen.append(len(real))
         return original(critic, real, fake, eps, **kw)
 
-    monkeypatch.setattr(steps, "gradient_penalty", spy)
-    run_trainer("speed.penalty_fraction=0.25")
+    monkeypatch.setattr(losses, "gradient_penalty", spy)
+    run_trainer("loss.penalty_fraction=0.25")
     assert seen == [4] * STEPS * 2  # a quarter of 16, on every critic step
 
 
@@ -196,9 +204,11 @@ def test_tf32_modes_are_set_and_restored():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("speed.penalty_fraction=0", "speed.penalty_fraction=0.0 is impossible"),
-        ("speed.penalty_fraction=1.5", "must be in (0, 1]"),
-        ("speed.lazy_penalty=0", "speed.lazy_penalty=0 is impossible"),
+        ("loss.penalty_fraction=0", "loss.penalty_fraction=0.0 is impossible"),
+        ("loss.penalty_fraction=1.5", "must be in (0, 1]"),
+        ("loss.lazy_penalty=0", "loss.lazy_penalty=0 is impossible"),
+        ("speed.lazy_penalty=2", "config key 'speed.lazy_penalty' (from override 'speed.lazy_penalty=2') has moved"),
+        ("speed.penalty_fraction=0.5", "it changes the math, so it is now loss.penalty_fraction"),
         ("speed.compile_backend=tvm", "speed.compile_backend='tvm' is not a valid choice"),
     ],
 )
@@ -215,7 +225,7 @@ def test_fused_adam_needs_adam():
 def test_channels_last_default_follows_the_measurements():
     """Unset, NHWC where it measured faster (conv-small on CPU: 1.08-1.17x), NCHW elsewhere (dcgan28: 0.89x)."""
     cfg = load_config(None, ("train.cpu=true", "model.width=8"))
-    critic = raw_module(TrainerStep(cfg, bench_images(cfg, 0)).parts.critic)
+    critic = TrainerStep(cfg, bench_images(cfg, 0)).training.state.critic
     conv = next(m for m in critic.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.core.step import PhaseTimer
+from trainer.accel.timer import PhaseTimer
 from trainer.run.stats import Stats
 
 

@@ -271,4 +271,3 @@ def main(argv: Optional[list[str]] = None) -> int:
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
-

@@ -116,8 +116,9 @@ def two_passes(critic: nn.Module, critic_outside_ddp: nn.Module) -> Callable[[Te
     """Two critic forwards (smaller activations: faster on CPUs); the second skips DDP, which reduces once anyway."""
 
     def scores(real: Tensor, fake: Tensor) -> Scores:
-        (d_real, logits_real), (d_fake, logits_fake) = critic(real, with_classes=True), critic_outside_ddp(
-            fake, with_classes=True
+        (d_real, logits_real), (d_fake, logits_fake) = (
+            critic(real, with_classes=True),
+            critic_outside_ddp(fake, with_classes=True),
         )
         return d_real.float(), d_fake.float(), logits_real, logits_fake
 
