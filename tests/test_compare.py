@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from trainer import cli, compare
-from trainer.config import load_config
+from trainer.core.check import configure
 from trainer.evaluate import family
 
 TOY = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
@@ -99,7 +99,7 @@ def test_sweep_commands_are_valid_train_py_invocations(path: Path, monkeypatch: 
         grid_point = {"args": {k: {"value": v} for k, v in zip(keys, values, strict=True)}}
         args = wandb_sweeps.create_sweep_command_args(grid_point)
         parsed = cli.parse_args([*command[3:-1], *args["args_no_hyphens"]])
-        cfg = load_config(parsed.config, tuple(parsed.overrides))
+        cfg = configure(parsed.config, tuple(parsed.overrides))
         for key, value in zip(keys, values, strict=True):
             assert OmegaConf.select(OmegaConf.structured(cfg), key) == value
         assert cfg.log.tracker == "wandb" and cfg.eval.every > 0 and family(cfg.data.name) == "classifier"

@@ -8,12 +8,13 @@ import pytest
 from conftest import ROOT, TINY, python_train
 
 from trainer.cli import main
-from trainer.config import load_config, to_yaml
+from trainer.config import to_yaml
+from trainer.core.check import configure
 from trainer.errors import TrainerError
 
 
 def test_yaml_then_overrides_into_typed_schema() -> None:
-    cfg = load_config(str(ROOT / "configs/mnist-dcgan.yaml"), ("train.steps=20000", "loss.gp_weight=5", "seed=7"))
+    cfg = configure(str(ROOT / "configs/mnist-dcgan.yaml"), ("train.steps=20000", "loss.gp_weight=5", "seed=7"))
     assert (cfg.model.name, cfg.data.name, cfg.data.image_size) == ("dcgan28", "mnist", 28)
     assert cfg.train.steps == 20000 and isinstance(cfg.train.steps, int)
     assert cfg.loss.gp_weight == 5.0 and isinstance(cfg.loss.gp_weight, float)
@@ -21,7 +22,7 @@ def test_yaml_then_overrides_into_typed_schema() -> None:
 
 
 def test_paper_defaults() -> None:
-    cfg = load_config()
+    cfg = configure()
     assert (cfg.loss.name, cfg.loss.gp_weight, cfg.train.n_critic) == ("wgan-gp", 10.0, 5)
 
 
@@ -29,7 +30,7 @@ def test_every_shipped_config_validates() -> None:
     files = sorted((ROOT / "configs").glob("*.yaml"))
     assert len(files) >= 8
     for path in files:
-        load_config(str(path))
+        configure(str(path))
 
 
 def test_print_config_round_trips_and_exits(capsys, tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_print_config_round_trips_and_exits(capsys, tmp_path: Path) -> None:
     printed = capsys.readouterr().out
     saved = tmp_path / "printed.yaml"
     saved.write_text(printed)
-    again = load_config(str(saved))
+    again = configure(str(saved))
     assert again.train.steps == 77 and again.data.name == "8gaussians" and to_yaml(again) == printed
     assert not (tmp_path / "r").exists()  # nothing started
 
@@ -83,7 +84,7 @@ def test_unknown_key_in_yaml_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  stepss: 10\n")
     with pytest.raises(TrainerError, match=r"unknown config key 'train.stepss' \(from .*bad.yaml\)"):
-        load_config(str(bad))
+        configure(str(bad))
 
 
 def test_process_level_errors_have_no_traceback(tmp_path: Path) -> None:

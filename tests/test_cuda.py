@@ -13,7 +13,7 @@ from conftest import TINY, ok, python_train, read_metrics
 
 from trainer.accel.runtime import raw_module
 from trainer.bench.race import TrainerStep, bench_images
-from trainer.config import load_config
+from trainer.core.check import configure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,7 +29,7 @@ def fresh_accelerator_state():
 
 
 def _run(*overrides: str) -> tuple[list[tuple[float, float]], torch.Tensor, torch.Tensor | None]:
-    cfg = load_config(None, (*SMALL, *overrides))
+    cfg = configure(None, (*SMALL, *overrides))
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
     p, losses = trainer.training, []
     for _ in range(STEPS):

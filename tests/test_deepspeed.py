@@ -106,13 +106,13 @@ def test_engine_config_refuses_what_the_pair_cannot_do(tmp_path: Path) -> None:
 
 
 def test_config_checks_deepspeed_and_timeout_keys() -> None:
-    from trainer.config import load_config
+    from trainer.core.check import configure
     from trainer.errors import TrainerError
 
-    assert load_config(None, ("train.deepspeed=2", "train.timeout_s=30")).train.deepspeed == "2"
+    assert configure(None, ("train.deepspeed=2", "train.timeout_s=30")).train.deepspeed == "2"
     for bad, why in (("train.deepspeed=3", "neither a ZeRO stage"), ("train.timeout_s=0", "at least 1")):
         with pytest.raises(TrainerError, match=why):
-            load_config(None, (bad,))
+            configure(None, (bad,))
 
 
 def test_channels_last_is_refused_under_deepspeed(tmp_path: Path) -> None:

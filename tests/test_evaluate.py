@@ -188,10 +188,10 @@ def test_inception_metrics_run_end_to_end_on_random_weights(tmp_path: Path, one_
 
 
 def test_evaluate_leaves_global_rng_and_training_mode_alone() -> None:
-    from trainer.config import load_config
+    from trainer.core.check import configure
     from trainer.nets.models import build_models
 
-    cfg = load_config(None, ("data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=8"))
+    cfg = configure(None, ("data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=8"))
     generator, _ = build_models("toy", 2, 8, 0, 8)
     state = torch.get_rng_state()
     metrics = evaluate.evaluate(generator.train(), cfg, None, 300)

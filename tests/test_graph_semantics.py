@@ -15,7 +15,7 @@ from graph_emulation import EmulatedBackend
 from trainer.accel import cuda_graph
 from trainer.accel.runtime import raw_module
 from trainer.bench.race import TrainerStep, bench_images
-from trainer.config import load_config
+from trainer.core.check import configure
 
 BASE = (
     "model.width=8", "model.z_dim=16", "train.batch_size=16", "train.n_critic=2", "seed=7", "train.cpu=true",
@@ -33,7 +33,7 @@ def emulated(monkeypatch):
 
 
 def _run(*overrides: str, timed: tuple[int, ...] = ()) -> tuple[list, torch.Tensor, torch.Tensor]:
-    cfg = load_config(None, (*BASE, *overrides))
+    cfg = configure(None, (*BASE, *overrides))
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
     t, records = trainer.training, []
     for step in range(STEPS):
@@ -109,7 +109,7 @@ def test_a_nan_batch_is_skipped_inside_the_graph_as_outside() -> None:
 
     def run(*overrides: str) -> tuple[int, torch.Tensor]:
         AcceleratorState._reset_state(reset_partial_state=True)
-        cfg = load_config(None, (*BASE, *overrides))
+        cfg = configure(None, (*BASE, *overrides))
         trainer = TrainerStep(cfg, bench_images(cfg, 0))
         t, draw, calls = trainer.training, trainer.training.batches.next, [0]
 

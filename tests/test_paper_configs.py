@@ -7,13 +7,13 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
-from trainer.config import load_config
-from trainer.data.registry import batches_from_config
+from trainer.core.build import batches_from_config
+from trainer.core.check import configure
 from trainer.errors import TrainerError
 
 
 def paper(name: str, *overrides: str):
-    return load_config(str(ROOT / "configs" / f"{name}.yaml"), overrides)
+    return configure(str(ROOT / "configs" / f"{name}.yaml"), overrides)
 
 
 def test_cifar10_resnet_is_the_papers_recipe():

@@ -14,8 +14,8 @@ from conftest import TINY, ok, python_train, read_metrics
 
 from trainer.accel.runtime import fp32_forward
 from trainer.accel.speed import float32_modes
-from trainer.config import load_config
 from trainer.core.build import Training, build
+from trainer.core.check import configure
 from trainer.core.losses import gradient_penalty, wasserstein_critic_loss
 from trainer.core.step import critic_step
 from trainer.nets.models import build_models
@@ -31,7 +31,7 @@ def fresh_accelerator_state():
 
 
 def _parts(precision: str, batch: int = 8, *extra: str) -> Training:
-    cfg = load_config(
+    cfg = configure(
         None,
         ("model.width=8", "model.z_dim=16", f"train.batch_size={batch}", f"train.precision={precision}",
          "train.ema_decay=0", "speed.channels_last=false", *extra),

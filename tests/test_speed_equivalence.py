@@ -8,13 +8,14 @@ from accelerate.state import AcceleratorState
 from conftest import ROOT
 from torch.utils.data import Dataset
 
-from trainer.accel.cuda_graph import StaticFeed, _sample_shape
+from trainer.accel.cuda_graph import StaticFeed
 from trainer.accel.runtime import raw_module
 from trainer.accel.speed import channels_last, float32_modes, set_tf32, tf32_modes
 from trainer.bench.race import TrainerStep, bench_images
 from trainer.bench.reference import ReferenceLoop
-from trainer.config import load_config
 from trainer.core import losses
+from trainer.core.build import sample_shape
+from trainer.core.check import configure
 from trainer.core.losses import CriticBatch, Penalty
 from trainer.core.step import iteration
 from trainer.data.batches import StreamBatches
@@ -49,7 +50,7 @@ def _weights(*nets: torch.nn.Module) -> torch.Tensor:
 
 def run_trainer(*overrides: str, stream: bool = False) -> tuple[list[tuple[float, float]], torch.Tensor]:
     """(loss_d, loss_g) per generator step and all weights afterwards, for the trainer with these overrides."""
-    cfg = load_config(None, (*TINY, *overrides))
+    cfg = configure(None, (*TINY, *overrides))
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
     p = trainer.training
     if stream:  # the DataLoader path over the same images and the same sharded order
@@ -65,7 +66,7 @@ def run_trainer(*overrides: str, stream: bool = False) -> tuple[list[tuple[float
 
 def run_reference(*overrides: str) -> tuple[list[tuple[float, float]], torch.Tensor]:
     """The plain loop (three critic forwards, plain backward) fed the trainer's batches and noise stream."""
-    cfg = load_config(None, (*TINY, *overrides))
+    cfg = configure(None, (*TINY, *overrides))
     order = TrainerStep(cfg, bench_images(cfg, 0)).training.batches  # a fresh copy of the trainer's batch order
     reference = ReferenceLoop(cfg, torch.device("cpu"), iter(order.next, None))
     torch.manual_seed(cfg.seed)  # the trainer reseeds after building its networks (seed + rank 0)
@@ -127,7 +128,7 @@ def test_static_feed_draws_what_the_eager_step_draws(plain, monkeypatch):
     def fed_step(self, timed=False, eager=False):
         t = self.training
         t.apply_schedule()
-        self.feed = getattr(self, "feed", None) or StaticFeed(t.inputs, _sample_shape(t))
+        self.feed = getattr(self, "feed", None) or StaticFeed(t.inputs, sample_shape(t.cfg))
         self.feed.fill()
         for record in iteration(t.state, self.feed):
             t.stats.add(record)
@@ -154,7 +155,7 @@ def test_the_tolerances_catch_a_real_change(plain):
 
 
 def test_lazy_penalty_schedule_and_weight():
-    cfg = load_config(None, (*TINY, "train.n_critic=5", "loss.lazy_penalty=3"))
+    cfg = configure(None, (*TINY, "train.n_critic=5", "loss.lazy_penalty=3"))
     t = TrainerStep(cfg, bench_images(cfg, 0)).training
     batch = CriticBatch(*(torch.zeros(16, 1, 8, 8),) * 2, torch.rand(16), None, torch.zeros(16), torch.zeros(16))
     penalty = Penalty(lambda x: x.flatten(1).sum(1), 10.0, every=3)  # ||grad|| = 8: the penalty is 49
@@ -171,7 +172,7 @@ def test_lazy_penalty_enters_the_loss_with_weight_k():
     """Step 0 pays lambda * 2 * GP, so its critic loss exceeds the paper's by lambda * GP; step 1 has no penalty."""
     (paper, _), cfg = (
         run_trainer("train.n_critic=1"),
-        load_config(None, (*TINY, "train.n_critic=1", "loss.lazy_penalty=2")),
+        configure(None, (*TINY, "train.n_critic=1", "loss.lazy_penalty=2")),
     )
     trainer = TrainerStep(cfg, bench_images(cfg, 0))
     trainer.step()
@@ -214,21 +215,21 @@ def test_tf32_modes_are_set_and_restored():
 )
 def test_speed_keys_are_validated(override, message):
     with pytest.raises(TrainerError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config(None, (override,))
+        configure(None, (override,))
 
 
 def test_fused_adam_needs_adam():
     with pytest.raises(TrainerError, match="optimizer is rmsprop"):
-        load_config(str(ROOT / "configs/mnist-wgan-clip.yaml"), ("speed.fused_adam=true",))
+        configure(str(ROOT / "configs/mnist-wgan-clip.yaml"), ("speed.fused_adam=true",))
 
 
 def test_channels_last_default_follows_the_measurements():
     """Unset, NHWC where it measured faster (conv-small on CPU: 1.08-1.17x), NCHW elsewhere (dcgan28: 0.89x)."""
-    cfg = load_config(None, ("train.cpu=true", "model.width=8"))
+    cfg = configure(None, ("train.cpu=true", "model.width=8"))
     critic = TrainerStep(cfg, bench_images(cfg, 0)).training.state.critic
     conv = next(m for m in critic.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert channels_last(cfg, cpu) and not channels_last(cfg, gpu)
-    assert not channels_last(load_config(str(ROOT / "configs/mnist-dcgan.yaml")), cpu)
-    assert not channels_last(load_config(None, ("speed.channels_last=false",)), cpu)
+    assert not channels_last(configure(str(ROOT / "configs/mnist-dcgan.yaml")), cpu)
+    assert not channels_last(configure(None, ("speed.channels_last=false",)), cpu)

@@ -33,9 +33,10 @@ def report_error(err: TrainerError) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        from trainer.config import load_config, to_yaml
+        from trainer.config import to_yaml
+        from trainer.core.check import configure
 
-        cfg = load_config(args.config, tuple(args.overrides))
+        cfg = configure(args.config, tuple(args.overrides))
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0

@@ -210,13 +210,11 @@ def _positive(key: str, value: float, minimum: float = 1, what: str = "at least 
 
 
 def validate(cfg: Config) -> None:
-    """Checks values and their combinations; raises TrainerError naming the key and the valid choices."""
-    from trainer.data.registry import DATASETS
-    from trainer.nets.models import PRESETS
+    """Checks values and their combinations; raises TrainerError naming the key and the valid choices.
 
-    _choice("model.name", cfg.model.name, sorted(PRESETS))
-    _choice("data.name", cfg.data.name, sorted(DATASETS))
-    _choice("loss.name", cfg.loss.name, sorted(_losses()))
+    Names that registries hold (model.name, data.name, loss.name, ...) are checked by trainer.core.check, which
+    knows the registries; this module knows none.
+    """
     if cfg.optim.name is not None:
         _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     if cfg.train.precision is not None:
@@ -263,35 +261,11 @@ def validate(cfg: Config) -> None:
     if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise TrainerError(f"optim.betas={cfg.optim.betas} is impossible: two numbers in [0, 1), e.g. [0.0, 0.9].")
     _positive("eval.every", cfg.eval.every, 0, "0 or more (0 = no evaluation during training)")
-    _check_paper_keys(cfg)
-    _check_speed(cfg)
-    _positive("eval.num", cfg.eval.num, 2, "at least 2 (a covariance needs two samples)")
-    dataset, preset = DATASETS[cfg.data.name], PRESETS[cfg.model.name]
-    _check_compatible(cfg, dataset, preset)
-
-
-def _check_paper_keys(cfg: Config) -> None:
-    """The keys of the paper presets: data pipeline, generator batch, AC-GAN weights, schedule, conditional."""
-    from trainer.core.schedule import SCHEDULES
-    from trainer.data.files import CROPS
-    from trainer.data.registry import DATASETS
-    from trainer.nets.models import PRESETS
-
-    _choice("data.crop", cfg.data.crop, CROPS)
-    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     node = OmegaConf.structured(cfg)
     for key in ("data.crop_size", "data.num_workers", "train.batch_size_g", "loss.acgan_scale", "loss.acgan_scale_g"):
         _positive(key, OmegaConf.select(node, key), 0, "0 or more")
-    if not cfg.model.conditional:
-        return
-    if not PRESETS[cfg.model.name].conditional:
-        fits = ", ".join(sorted(n for n, p in PRESETS.items() if p.conditional))
-        raise TrainerError(f"model.conditional=true: model.name={cfg.model.name} has no conditional form. Use: {fits}.")
-    if not DATASETS[cfg.data.name].num_classes:
-        labelled = ", ".join(sorted(n for n, d in DATASETS.items() if d.num_classes))
-        raise TrainerError(
-            f"model.conditional=true needs class labels, but data.name={cfg.data.name} has none. Labelled: {labelled}."
-        )
+    _check_speed(cfg)
+    _positive("eval.num", cfg.eval.num, 2, "at least 2 (a covariance needs two samples)")
 
 
 def _check_speed(cfg: Config) -> None:
@@ -301,23 +275,17 @@ def _check_speed(cfg: Config) -> None:
             f"loss.penalty_fraction={loss.penalty_fraction} is impossible: it must be in (0, 1] (1 = the whole batch)."
         )
     _positive("loss.lazy_penalty", loss.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
-    optimizer = cfg.optim.name or _losses()[cfg.loss.name].optimizer
-    if s.fused_adam is True and optimizer != "adam":
-        raise TrainerError(
-            f"speed.fused_adam=true selects Adam's kernel, but the optimizer is {optimizer}. "
-            f"Set optim.name=adam or speed.fused_adam=false."
-        )
     _choice("speed.compile_backend", s.compile_backend, COMPILE_BACKENDS)
     if s.cuda_graph:
-        _check_cuda_graph(cfg, optimizer)
+        _check_cuda_graph(cfg)
 
 
-def _check_cuda_graph(cfg: Config, optimizer: str) -> None:
-    """speed.cuda_graph's requirements (trainer.accel.cuda_graph), refused with the way out before any GPU work."""
+def _check_cuda_graph(cfg: Config) -> None:
+    """speed.cuda_graph's requirements (trainer.accel.cuda_graph), refused with the way out before any GPU work;
+    the optimizer is checked with the loss's default (trainer.core.check)."""
     s, t = cfg.speed, cfg.train
     conflicts = [
         (t.precision == "fp16", "train.precision=fp16 (the GradScaler reads its overflow verdict on the host)", "bf16"),
-        (optimizer != "adam", f"optim.name={optimizer} (the graph needs Adam's fused kernel)", "optim.name=adam"),
         (s.fused_adam is False, "speed.fused_adam=false (the graph needs Adam's fused kernel)", "drop that override"),
         (cfg.loss.lazy_penalty > 1, "loss.lazy_penalty>1 (a graph replays one fixed step)", "loss.lazy_penalty=1"),
         (s.compile, "speed.compile=true (compiled code and a hand-made graph do not mix)", "one of the two"),
@@ -326,34 +294,6 @@ def _check_cuda_graph(cfg: Config, optimizer: str) -> None:
     for bad, what, fix in conflicts:
         if bad:
             raise TrainerError(f"speed.cuda_graph=true cannot run with {what}. Use {fix}, or drop speed.cuda_graph.")
-
-
-def _check_compatible(cfg: Config, dataset: Any, preset: Any) -> None:
-    if dataset.is_toy != preset.is_toy:
-        kind, other = ("2-D toy", "image") if dataset.is_toy else ("image", "2-D toy")
-        fits = sorted(n for n, p in _presets().items() if p.is_toy == dataset.is_toy)
-        raise TrainerError(
-            f"model.name={cfg.model.name} is a {other} model but data.name={cfg.data.name} is {kind} data. "
-            f"Models that fit: {', '.join(fits)}."
-        )
-    if not dataset.is_toy and cfg.data.image_size not in preset.image_sizes:
-        sizes = ", ".join(map(str, preset.image_sizes))
-        raise TrainerError(
-            f"data.image_size={cfg.data.image_size} cannot be produced by model.name={cfg.model.name}. "
-            f"Sizes this preset makes: {sizes}."
-        )
-
-
-def _losses() -> dict:
-    from trainer.core.losses import LOSSES
-
-    return LOSSES
-
-
-def _presets() -> dict:
-    from trainer.nets.models import PRESETS
-
-    return PRESETS
 
 
 def to_yaml(cfg: Config) -> str:

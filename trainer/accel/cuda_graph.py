@@ -18,17 +18,14 @@ torch.compile, no DeepSpeed.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
 
 from trainer.core.inputs import Draws
-from trainer.core.step import iteration
+from trainer.core.step import TrainState, iteration
 from trainer.errors import TrainerError
-
-if TYPE_CHECKING:
-    from trainer.core.build import Training
 
 
 class StaticFeed:
@@ -96,7 +93,8 @@ class CudaBackend:
 BACKEND = CudaBackend()
 
 
-def check_runtime(device: torch.device, processes: int) -> None:
+def check_runtime(device: torch.device | str, processes: int) -> None:
+    device = torch.device(device)
     if device.type != BACKEND.device_type:
         raise TrainerError(
             f"speed.cuda_graph=true needs a CUDA GPU, but this run is on {device.type}. "
@@ -112,10 +110,18 @@ def check_runtime(device: torch.device, processes: int) -> None:
 class GraphedIteration:
     """`iteration(state, feed)` run eagerly `warmup` times, then captured once and replayed; returns its statistics."""
 
-    def __init__(self, t: Training, warmup: int = 3) -> None:
-        check_runtime(t.accelerator.device, t.accelerator.num_processes)
-        self.state, self.optimizers, self.device = t.state, (t.opt_d, t.opt_g), t.accelerator.device
-        self.feed = StaticFeed(t.inputs, _sample_shape(t))
+    def __init__(
+        self,
+        state: TrainState,
+        inputs: Draws,
+        sample_shape: tuple[int, ...],
+        optimizers: tuple[torch.optim.Optimizer, ...],
+        processes: int = 1,
+        warmup: int = 3,
+    ) -> None:
+        check_runtime(inputs.device, processes)
+        self.state, self.optimizers, self.device = state, optimizers, inputs.device
+        self.feed = StaticFeed(inputs, sample_shape)
         self.warmup, self.eager_done, self.graph, self.failed = warmup, 0, None, False
         self.outputs: list = []
         self.lr: dict[tuple[int, int], Tensor] = {}
@@ -173,12 +179,3 @@ class GraphedIteration:
         with BACKEND.capture(graph):
             self.outputs = step()
         self.graph = graph
-
-
-def _sample_shape(t: Training) -> tuple[int, ...]:
-    """One real sample's shape: (C, S, S) images or (2,) toy points."""
-    cfg = t.cfg
-    from trainer.data.registry import DATASETS
-
-    spec = DATASETS[cfg.data.name]
-    return (2,) if spec.is_toy else (spec.channels, cfg.data.image_size, cfg.data.image_size)

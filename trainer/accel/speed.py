@@ -1,4 +1,4 @@
-"""Execution options: channels_last, torch.compile, Adam kernels, TF32, the critic pass and backward; none changes the math."""
+"""Execution options: channels_last, torch.compile, Adam kernels, TF32, critic pass and backward; none changes math."""
 
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ from trainer.accel.runtime import make_accelerator
 from trainer.accel.speed import cudnn_benchmark, float32_modes, tf32_modes
 from trainer.accel.timer import PhaseTimer, peak_memory_mb, sync
 from trainer.bench.reference import ReferenceLoop, dataloader_batches
-from trainer.config import Config, load_config, to_dict
+from trainer.config import Config, to_dict
 from trainer.core.build import build
+from trainer.core.check import configure
 from trainer.core.loop import train_step
 from trainer.data.batches import ImageBatches
 from trainer.data.registry import DATASETS, load_images
@@ -60,7 +61,7 @@ def bench_images(cfg: Config, synthetic: int) -> torch.Tensor:
 
 
 class TrainerStep:
-    """The trainer's step as trainer.core.loop builds and runs it (build_parts' order), on `images` held on the device."""
+    """The trainer's step as trainer.core.build builds it and trainer.core.loop runs it, on `images` on the device."""
 
     def __init__(self, cfg: Config, images: torch.Tensor) -> None:
         self.accelerator = accelerator = make_accelerator(cfg)
@@ -234,7 +235,7 @@ def contenders_for(cfg: Config, args: argparse.Namespace, images: torch.Tensor) 
     defaults = tf32_modes()  # PyTorch's float32 modes, before a trainer's cfg.speed.tf32 sets its own
     trainer = TrainerStep(cfg, images)
     if args.against:
-        other_cfg = load_config(args.config, (*args.overrides, *args.against.split()))
+        other_cfg = configure(args.config, (*args.overrides, *args.against.split()))
         other = TrainerStep(other_cfg, images)
         b = Contender("baseline", other.step, other.timer, other.modes, other.device, other_cfg.speed.cudnn_benchmark)
     else:
@@ -257,7 +258,7 @@ def _reference_step(reference: ReferenceLoop, timer: PhaseTimer, timed: bool = F
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, tuple(args.overrides))
+        cfg = configure(args.config, tuple(args.overrides))
         trainer, contenders = contenders_for(cfg, args, bench_images(cfg, args.synthetic))
     except TrainerError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -21,7 +21,7 @@ from trainer.core.inputs import Draws
 from trainer.core.losses import LOSSES, LossSpec, Objective, Penalty, acgan_critic_term, drift_term
 from trainer.core.schedule import lr_factor
 from trainer.core.step import TrainState, Update, joint_pass, two_passes
-from trainer.data.registry import DATASETS, Batches, batches_from_config
+from trainer.data.registry import DATASETS, Batches, make_batches
 from trainer.nets.models import build_models
 from trainer.run.stats import Stats
 
@@ -107,8 +107,24 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
     if cfg.speed.cuda_graph:
         from trainer.accel.cuda_graph import GraphedIteration
 
-        training.graph = GraphedIteration(training)
+        processes = accelerator.num_processes
+        training.graph = GraphedIteration(state, inputs, sample_shape(cfg), (opt_d, opt_g), processes)
     return training
+
+
+def sample_shape(cfg: Config) -> tuple[int, ...]:
+    """One real sample's shape: (C, S, S) images or (2,) toy points."""
+    spec = DATASETS[cfg.data.name]
+    return (2,) if spec.is_toy else (spec.channels, cfg.data.image_size, cfg.data.image_size)
+
+
+def batches_from_config(cfg: Config, device: torch.device, rank: int, world: int) -> Batches:
+    """make_batches with every data.* option of `cfg` (call it inside accelerator.main_process_first())."""
+    d = cfg.data
+    return make_batches(
+        d.name, d.root, d.download, d.image_size, cfg.train.batch_size, device, rank, world, cfg.seed,
+        crop=d.crop, crop_size=d.crop_size, flip=d.flip, num_workers=d.num_workers, labelled=cfg.model.conditional,
+    )  # fmt: skip
 
 
 def make_penalty(cfg: Config, spec: LossSpec, critic: nn.Module, timer: PhaseTimer) -> Optional[Penalty]:

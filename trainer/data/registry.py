@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -26,9 +26,6 @@ from trainer.data.files import (
     open_lsun_bedroom,
     resize_uint8,
 )
-
-if TYPE_CHECKING:
-    from trainer.config import Config
 
 
 def load_digits_uint8() -> Tensor:
@@ -172,12 +169,3 @@ def make_batches(
             f"{batches.num_classes or 'no'} classes (an image folder needs two or more top-level class subfolders)."
         )
     return batches
-
-
-def batches_from_config(cfg: "Config", device: torch.device, rank: int, world: int) -> Batches:
-    """make_batches with every data.* option of `cfg` (call it inside accelerator.main_process_first())."""
-    d = cfg.data
-    return make_batches(
-        d.name, d.root, d.download, d.image_size, cfg.train.batch_size, device, rank, world, cfg.seed,
-        crop=d.crop, crop_size=d.crop_size, flip=d.flip, num_workers=d.num_workers, labelled=cfg.model.conditional,
-    )  # fmt: skip

@@ -31,8 +31,8 @@ def family(dataset: str) -> str:
 
     The 2-D toys get the exact W1 to real points, modes covered and the high-quality fraction (trainer.metrics.toy);
     digits, MNIST and Fashion-MNIST a Frechet distance and an Inception score in the feature space of a small
-    classifier trained on the real data (trainer.metrics.feature_classifier); other image sets FID, KID and the Inception
-    score (trainer.metrics.inception), which evaluate(with_inception=True) / --inception adds for any image set.
+    classifier trained on the real data (trainer.metrics.feature_classifier); other image sets FID, KID and the
+    Inception score (trainer.metrics.inception), which evaluate(with_inception=True) / --inception adds for any.
     """
     if dataset in TOYS:
         return "toy"

@@ -1,0 +1,73 @@
+"""A config checked against the registries (models, datasets, losses, crops, schedules): what commands load.
+
+trainer.config parses and checks values and knows no registry; this module checks the names and combinations that
+only the registries can judge, before any model is built.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from trainer.config import Config, _choice, load_config
+from trainer.core.losses import LOSSES
+from trainer.core.schedule import SCHEDULES
+from trainer.data.files import CROPS
+from trainer.data.registry import DATASETS, DatasetSpec
+from trainer.errors import TrainerError
+from trainer.nets.models import PRESETS, Preset
+
+
+def configure(config_file: Optional[str] = None, overrides: tuple[str, ...] = ()) -> Config:
+    """Schema defaults <- YAML file <- `key=value` overrides, validated, then checked here. Raises TrainerError."""
+    cfg = load_config(config_file, overrides)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Config) -> None:
+    _choice("model.name", cfg.model.name, sorted(PRESETS))
+    _choice("data.name", cfg.data.name, sorted(DATASETS))
+    _choice("loss.name", cfg.loss.name, list(LOSSES))  # in the registry's order: the paper's first
+    _choice("data.crop", cfg.data.crop, CROPS)
+    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    optimizer = cfg.optim.name or LOSSES[cfg.loss.name].optimizer
+    if cfg.speed.fused_adam is True and optimizer != "adam":
+        raise TrainerError(
+            f"speed.fused_adam=true selects Adam's kernel, but the optimizer is {optimizer}. "
+            f"Set optim.name=adam or speed.fused_adam=false."
+        )
+    if cfg.speed.cuda_graph and optimizer != "adam":
+        raise TrainerError(
+            f"speed.cuda_graph=true cannot run with optim.name={optimizer} (the graph needs Adam's fused kernel). "
+            f"Use optim.name=adam, or drop speed.cuda_graph."
+        )
+    if cfg.model.conditional:
+        _check_conditional(cfg)
+    _check_compatible(cfg, DATASETS[cfg.data.name], PRESETS[cfg.model.name])
+
+
+def _check_conditional(cfg: Config) -> None:
+    if not PRESETS[cfg.model.name].conditional:
+        fits = ", ".join(sorted(n for n, p in PRESETS.items() if p.conditional))
+        raise TrainerError(f"model.conditional=true: model.name={cfg.model.name} has no conditional form. Use: {fits}.")
+    if not DATASETS[cfg.data.name].num_classes:
+        labelled = ", ".join(sorted(n for n, d in DATASETS.items() if d.num_classes))
+        raise TrainerError(
+            f"model.conditional=true needs class labels, but data.name={cfg.data.name} has none. Labelled: {labelled}."
+        )
+
+
+def _check_compatible(cfg: Config, dataset: DatasetSpec, preset: Preset) -> None:
+    if dataset.is_toy != preset.is_toy:
+        kind, other = ("2-D toy", "image") if dataset.is_toy else ("image", "2-D toy")
+        fits = sorted(n for n, p in PRESETS.items() if p.is_toy == dataset.is_toy)
+        raise TrainerError(
+            f"model.name={cfg.model.name} is a {other} model but data.name={cfg.data.name} is {kind} data. "
+            f"Models that fit: {', '.join(fits)}."
+        )
+    if not dataset.is_toy and cfg.data.image_size not in preset.image_sizes:
+        sizes = ", ".join(map(str, preset.image_sizes))
+        raise TrainerError(
+            f"data.image_size={cfg.data.image_size} cannot be produced by model.name={cfg.model.name}. "
+            f"Sizes this preset makes: {sizes}."
+        )
