@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainer.config import Config  # noqa: E402  (imports omegaconf only)
 
-PREFIX, STATE_FILE = "step-", "trainer_state.json"  # as trainer.checkpoint writes them
+PREFIX, STATE_FILE = "step-", "trainer_state.json"  # as trainer.run.checkpoint writes them
 
 
 def latest_step(argv: list[str]) -> int:

@@ -11,13 +11,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from conftest import TINY, ok, python_train, read_metrics
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.accel.runtime import fp32_forward
 from trainer.accel.speed import float32_modes
 from trainer.core.build import Training, build
 from trainer.core.check import configure
-from trainer.core.losses import gradient_penalty, wasserstein_critic_loss
-from trainer.core.step import critic_step
+from trainer.core.guard import NonFiniteGuard
+from trainer.core.losses import gradient_penalty, interpolate, wasserstein_critic_loss
+from trainer.core.step import Update, critic_step
 from trainer.nets.models import build_models
 
 DEVICE_PRECISIONS = ["bf16"] + (["fp16"] if torch.cuda.is_available() else [])  # Accelerate has no fp16 on CPU
@@ -108,3 +111,49 @@ def test_bf16_training_run_through_train_py(run_dir: Path) -> None:
     ok(python_train(f"run.dir={run_dir}", "train.steps=3", "train.precision=bf16", *TINY))
     metrics = read_metrics(run_dir)
     assert len(metrics) == 3 and all(np.isfinite(m["loss_d"]) and np.isfinite(m["penalty"]) for m in metrics)
+
+
+class DtypeTrace(TorchDispatchMode):
+    """Every operator below autograd, with the floating dtypes of its tensor inputs and outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, set[torch.dtype]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [x for x in pytree.tree_leaves((args, kwargs, out)) if isinstance(x, torch.Tensor)]
+        self.ops.append((func.name(), {x.dtype for x in tensors if x.is_floating_point()}))
+        return out
+
+    def low(self) -> list[str]:
+        return [name for name, dtypes in self.ops if dtypes & {torch.bfloat16, torch.float16}]
+
+
+def test_whole_penalty_stays_fp32_under_a_callers_autocast() -> None:
+    """A caller wraps the step in its own bf16 autocast: every operator of the penalty (interpolation, forward, input
+    gradient, norm) and of the step's backward through it (the double backward into the weights) still runs on
+    float32 tensors, and the gradients equal the ones computed without autocast bit for bit. Control: the same
+    penalty without the guards (autocast on, backward inside it) runs bf16 matmuls, which the trace sees."""
+    critic = build_models("conv-small", 16, 8, 1, 8)[1]
+    torch.manual_seed(2)
+    real, fake, eps = torch.rand(8, 1, 8, 8) * 2 - 1, torch.rand(8, 1, 8, 8) * 2 - 1, torch.rand(8)
+    update = Update(
+        torch.optim.SGD(critic.parameters(), lr=0.0), critic, lambda loss: loss.backward(), NonFiniteGuard(0, "")
+    )
+
+    def penalty_grads() -> torch.Tensor:
+        penalty, _ = gradient_penalty(critic, real, fake, eps)
+        update(penalty)  # the step's own zero_grad, backward and (here no-op) update
+        return torch.cat([q.grad.flatten() for q in critic.parameters() if q.grad is not None])
+
+    plain = penalty_grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16), DtypeTrace() as trace:
+        wrapped = penalty_grads()
+    assert len(trace.ops) > 50 and trace.low() == []
+    assert torch.equal(wrapped, plain)
+    with torch.autocast("cpu", dtype=torch.bfloat16), DtypeTrace() as control:
+        x_hat = interpolate(real, fake, eps).requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+        (grad.flatten(1).norm(dim=1) - 1).pow(2).mean().backward()
+    assert control.low(), "the trace should see the unguarded bf16 operators"

@@ -27,7 +27,7 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "conv-small"  # preset in trainer.models.PRESETS
+    name: str = "conv-small"  # preset in trainer.nets.models.PRESETS
     z_dim: int = 64  # latent size
     width: int = 32  # base channel/hidden width; 0 = the preset's own (mlp 128, dcgan28 64, conv-small 64, toy 512)
     conditional: bool = False  # class-conditional G(z, y) + AC-GAN critic head (labelled data); False = unconditional
@@ -35,7 +35,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # dataset in trainer.data.DATASETS
+    name: str = "digits"  # dataset in trainer.data.registry.DATASETS
     root: str = "data"  # folder holding downloadable datasets (torchvision layout)
     image_size: int = 8  # images are resized to this side (pixels; digits are 8x8 natively); ignored for 2-D toys
     download: bool = False  # allow torchvision to download missing data (main process first)

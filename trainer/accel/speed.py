@@ -36,7 +36,7 @@ def compile_pair(generator: nn.Module, critic: nn.Module, backend: str = "induct
     """torch.compile of the generator and of the critic's ordinary calls, in place (state_dict keys unchanged).
 
     `Module.compile` replaces only `__call__`: the main critic pass and the generator step's critic call are compiled,
-    while the penalty, which calls the class's own `forward` (trainer.runtime.fp32_forward), stays eager, because
+    while the penalty, which calls the class's own `forward` (trainer.accel.runtime.fp32_forward), stays eager, because
     aot_autograd refuses the double backward. `dynamic=False`: a few fixed batch sizes, one graph each.
     """
     generator.compile(backend=backend, dynamic=False)

@@ -29,7 +29,7 @@ def dataloader_batches(images: Tensor, batch_size: int, seed: int) -> Iterator[T
 class ReferenceLoop:
     """Algorithm 1 as popular implementations write it; `data` yields host batches, moved to `device` each step.
 
-    Same networks (trainer.models.build_models, same seed, so the same initial weights), same losses, optimizer and
+    Same networks (trainer.nets.models.build_models, same seed, so the same initial weights), same losses, optimizer and
     noise draws in the same order as the trainer, so fed the same batches both compute the same numbers.
     """
 

@@ -31,7 +31,8 @@ class Update:
 
     def __call__(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.backward(loss)
+        with torch.autocast(device_type=loss.device.type, enabled=False):  # backward ops keep their forward dtypes,
+            self.backward(loss)  # so the penalty's double backward stays fp32 inside a caller's own autocast
         self.guard.step(self.optimizer, self.module)
         self.after()
 

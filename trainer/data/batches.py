@@ -138,7 +138,7 @@ class StreamBatches(_LabelledSource):
 
     The batch sampler continues the `ShardOrder` from its state, so the stream yields exactly the batches the
     on-device source would; `load_state_dict` restarts the stream at the restored (epoch, cursor). `skipped` counts
-    unreadable files replaced so far on this process (see trainer.image_datasets.SafeImages).
+    unreadable files replaced so far on this process (see trainer.data.files.SafeImages).
     """
 
     def __init__(

@@ -6,7 +6,6 @@ a DataLoader. Both walk the same sharded, resumable order (trainer.data.batches)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
@@ -16,8 +15,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from trainer.data.batches import ImageBatches, StreamBatches
-from trainer.data.toys import TOYS
-from trainer.errors import TrainerError
 from trainer.data.files import (
     ImageOptions,
     load_cifar10,
@@ -26,6 +23,8 @@ from trainer.data.files import (
     open_lsun_bedroom,
     resize_uint8,
 )
+from trainer.data.toys import TOYS
+from trainer.errors import TrainerError
 
 
 def load_digits_uint8() -> Tensor:

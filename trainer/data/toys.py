@@ -8,7 +8,6 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-
 # The paper's geometry: mode grid, per-axis noise std, and the scale the points are divided by afterwards.
 EIGHT_RADIUS, EIGHT_STD, EIGHT_SCALE = 2, 0.02, 1.414
 GRID_STEP, GRID_STD, GRID_SCALE = 2, 0.05, 2.828
@@ -48,7 +47,9 @@ TOYS: dict[str, Callable[..., Tensor]] = {
 
 def _eight_gaussians() -> tuple[Tensor, float]:
     angle = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
-    return EIGHT_RADIUS * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) / EIGHT_SCALE, EIGHT_STD / EIGHT_SCALE
+    return EIGHT_RADIUS * torch.stack(
+        [torch.cos(angle), torch.sin(angle)], dim=1
+    ) / EIGHT_SCALE, EIGHT_STD / EIGHT_SCALE
 
 
 def _twentyfive_gaussians() -> tuple[Tensor, float]:
@@ -58,5 +59,3 @@ def _twentyfive_gaussians() -> tuple[Tensor, float]:
 
 # Mode centres and per-axis standard deviation, in data space, as the samplers above draw them.
 MODES = {"8gaussians": _eight_gaussians(), "25gaussians": _twentyfive_gaussians()}
-
-
