@@ -6,8 +6,8 @@ engine as the one the next `accelerator.backward` reaches, and its `step` steps 
 
 Precision: DeepSpeed's own `bf16`/`fp16` modes cast the weights, which would leave no float32 critic for the penalty.
 Here the engines hold float32 weights and the forward runs under autocast, wrapped onto each module the way Accelerate
-wraps a DDP model, so `trainer.accel.runtime.fp32_forward` bypasses it exactly as it does under DDP. The penalty runs through
-the engine's module (`raw_module`): DeepSpeed 0.19's engine forward breaks `autograd.grad(create_graph=True)`.
+wraps a DDP model, so `trainer.accel.runtime.fp32_forward` bypasses it exactly as it does under DDP. The penalty runs
+through the engine's module (`raw_module`): DeepSpeed 0.19's engine forward breaks `autograd.grad(create_graph=True)`.
 """
 
 from __future__ import annotations

@@ -136,6 +136,6 @@ def conv1x1(cin: int, cout: int) -> nn.Module:
 
 
 def class_rows(n: int, num_classes: int) -> Tensor:
-    """Labels for a sample grid of n images laid out sqrt(n) per row (trainer.run.pictures.save_grid): one class per row."""
+    """Labels for a grid of n images laid out sqrt(n) per row (trainer.run.pictures.save_grid): one class per row."""
     per_row = max(1, int(math.sqrt(n)))
     return (torch.arange(n) // per_row) % num_classes
