@@ -67,6 +67,8 @@ BAD = [
     (["data.image_size=28"], "data.image_size=28 cannot be produced by model.name=conv-small", "8, 16, 32, 64"),
     (["model.name=toy"], "model.name=toy is a 2-D toy model", "conv-small, dcgan28, dcgan64, mlp, resnet32"),
     (["train.ema_decay=1.5"], "train.ema_decay=1.5 is impossible", "[0, 1)"),
+    (["loss.name=wgan-clip", "train.deepspeed=2"], "loss.name=wgan-clip is not supported under DeepSpeed", "without"),
+    (["speed.lazy_penalty=4"], "config key 'speed.lazy_penalty' (from override", "loss.lazy_penalty="),
     (["train.steps"], "not of the form key=value", "train.steps=2000"),
     (["--config", "configs/nope.yaml"], "config file 'configs/nope.yaml' does not exist", "configs/digits.yaml"),
 ]

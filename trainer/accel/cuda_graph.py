@@ -4,7 +4,8 @@ At the paper's sizes (a 32x32 ResNet, batch 64) a GPU step is bound by the CPU l
 steps with the penalty's double backward, the generator step and both Adam updates are some 3,000 small launches.
 A graph replays all of them with one launch (README: Performance).
 
-A pure wrapper around trainer.core.step.iteration: the same function, fed from fixed buffers (StaticFeed, filled
+A pure wrapper around any `run(inputs) -> statistics` (the loop gives it trainer.core.step.iteration on its
+state): the same function, fed from fixed buffers (StaticFeed, filled
 eagerly in the eager draw order from the same streams before each replay), whose returned statistics are the
 graph's output tensors, rewritten by each replay. What stays outside the graph: the learning-rate schedule (written
 into device tensors the fused Adam kernels read), the EMA update and the statistics (the loop does them after
@@ -23,20 +24,18 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor
 
-from trainer.core.inputs import Draws
-from trainer.core.step import TrainState, iteration
 from trainer.errors import TrainerError
 
 
 class StaticFeed:
     """A generator iteration's inputs in fixed device buffers, drawn eagerly before each replay of a CUDA graph.
 
-    `fill` draws them with the eager step's own `Draws` (per critic step: batch and labels, z, eps; then the
-    generator's z and labels), so a graphed run sees the same data and noise as an eager one. `critic()` and
-    `generator()` hand them out in that order, as `Draws` does.
+    `fill` draws them with the eager step's own draws (trainer.core.inputs.Draws: per critic step the batch and its
+    labels, z, eps; then the generator's z and labels), so a graphed run sees the same data and noise as an eager
+    one. `critic()` and `generator()` hand them out in that order, as `Draws` does.
     """
 
-    def __init__(self, draws: Draws, real_shape: tuple[int, ...]) -> None:
+    def __init__(self, draws, real_shape: tuple[int, ...]) -> None:
         n, k, device = draws.batch, draws.n_critic, draws.device
         self.draws, self.n_critic, self.cursor = draws, k, 0
         self.real = torch.empty((k, n, *real_shape), device=device)
@@ -108,19 +107,19 @@ def check_runtime(device: torch.device | str, processes: int) -> None:
 
 
 class GraphedIteration:
-    """`iteration(state, feed)` run eagerly `warmup` times, then captured once and replayed; returns its statistics."""
+    """`run(feed)` run eagerly `warmup` times, then captured once and replayed; returns its statistics."""
 
     def __init__(
         self,
-        state: TrainState,
-        inputs: Draws,
+        run: Callable[[StaticFeed], list],
+        inputs,
         sample_shape: tuple[int, ...],
         optimizers: tuple[torch.optim.Optimizer, ...],
         processes: int = 1,
         warmup: int = 3,
     ) -> None:
         check_runtime(inputs.device, processes)
-        self.state, self.optimizers, self.device = state, optimizers, inputs.device
+        self.run, self.optimizers, self.device = run, optimizers, inputs.device
         self.feed = StaticFeed(inputs, sample_shape)
         self.warmup, self.eager_done, self.graph, self.failed = warmup, 0, None, False
         self.outputs: list = []
@@ -153,7 +152,7 @@ class GraphedIteration:
     def _warm(self) -> list:
         """An ordinary eager step on a side stream, as PyTorch asks before capture (lazy state, cuDNN plans)."""
         with BACKEND.side_stream():
-            records = iteration(self.state, self.feed)
+            records = self.run(self.feed)
         self.eager_done += 1
         return records
 
@@ -161,7 +160,7 @@ class GraphedIteration:
         """Captures the step; if the capture fails (a driver or an operator that cannot be captured), says so once
         and the run goes on eagerly with the same math: a capture runs no kernels, so nothing was half done."""
         try:
-            self._capture(lambda: iteration(self.state, self.feed))
+            self._capture(lambda: self.run(self.feed))
             return True
         except RuntimeError as err:
             self.failed, self.feed.cursor = True, 0  # the eager retry reads the buffers again

@@ -95,13 +95,7 @@ def make_plugins(cfg: Config, precision: str) -> Optional[dict[str, PairPlugin]]
             "train.precision=fp16 is not supported under DeepSpeed (its loss scaler needs DeepSpeed's fp16 mode, which "
             "casts the weights); use train.precision=bf16 or no."
         )
-    from trainer.core.losses import LOSSES
-
-    if LOSSES[cfg.loss.name].clip:
-        raise TrainerError(
-            f"loss.name={cfg.loss.name} is not supported under DeepSpeed: ZeRO keeps its own float32 copy of the "
-            "weights, so clipping the module's weights would be undone by the next step. Train it without DeepSpeed."
-        )
+    # A loss that clips weights is refused by trainer.core.check (it knows the losses): ZeRO's copy would undo it.
     # `accelerate launch` lists the fields its config file set; they are already folded into `source`, and Accelerate
     # would refuse a dict config next to them.
     os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)

@@ -12,13 +12,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.config import Config
 from trainer.core.losses import LOSSES
+from trainer.data.batches import to_unit_range
 from trainer.data.registry import DATASETS
 from trainer.nets.models import build_models
 
 
 def dataloader_batches(images: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
     """Endless shuffled batches in [-1, 1] from a DataLoader over a float TensorDataset in host memory."""
-    dataset = TensorDataset(images.float() / 127.5 - 1)
+    dataset = TensorDataset(to_unit_range(images))
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
     )

@@ -20,7 +20,7 @@ from trainer.core.guard import NonFiniteGuard
 from trainer.core.inputs import Draws
 from trainer.core.losses import LOSSES, LossSpec, Objective, Penalty, acgan_critic_term, drift_term
 from trainer.core.schedule import lr_factor
-from trainer.core.step import TrainState, Update, joint_pass, two_passes
+from trainer.core.step import TrainState, Update, iteration, joint_pass, two_passes
 from trainer.data.registry import DATASETS, Batches, make_batches
 from trainer.nets.models import build_models
 from trainer.run.stats import Stats
@@ -108,7 +108,8 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
         from trainer.accel.cuda_graph import GraphedIteration
 
         processes = accelerator.num_processes
-        training.graph = GraphedIteration(state, inputs, sample_shape(cfg), (opt_d, opt_g), processes)
+        run = partial(iteration, state)
+        training.graph = GraphedIteration(run, inputs, sample_shape(cfg), (opt_d, opt_g), processes)
     return training
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from trainer.accel import zero
 from trainer.config import Config, _choice, load_config
 from trainer.core.losses import LOSSES
 from trainer.core.schedule import SCHEDULES
@@ -40,6 +41,11 @@ def check(cfg: Config) -> None:
         raise TrainerError(
             f"speed.cuda_graph=true cannot run with optim.name={optimizer} (the graph needs Adam's fused kernel). "
             f"Use optim.name=adam, or drop speed.cuda_graph."
+        )
+    if LOSSES[cfg.loss.name].clip and zero.requested(cfg) is not None:
+        raise TrainerError(
+            f"loss.name={cfg.loss.name} is not supported under DeepSpeed: ZeRO keeps its own float32 copy of the "
+            "weights, so clipping the module's weights would be undone by the next step. Train it without DeepSpeed."
         )
     if cfg.model.conditional:
         _check_conditional(cfg)

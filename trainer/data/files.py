@@ -96,7 +96,7 @@ def _offline(name: str, root: str, err: Exception, fix: str) -> TrainerError:
     )
 
 
-def _torchvision(name: str, root: str, where: Path, fix: str, make: Callable[[], Any]) -> Any:
+def torchvision_dataset(name: str, root: str, where: Path, fix: str, make: Callable[[], Any]) -> Any:
     """make() with torchvision's missing-data and download errors turned into one TrainerError with the fix."""
     try:
         return make()
@@ -120,7 +120,9 @@ def load_cifar10(root: str, download: bool) -> tuple[Tensor, Tensor]:
         f"Set data.download=true, or extract cifar-10-python.tar.gz into data.root (data_batch_1..5, test_batch, "
         f"batches.meta in {where}); torchvision checks each file's md5."
     )
-    dataset = _torchvision("cifar10", root, where, fix, lambda: CIFAR10(root=root, train=True, download=download))
+    dataset = torchvision_dataset(
+        "cifar10", root, where, fix, lambda: CIFAR10(root=root, train=True, download=download)
+    )
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(dataset.targets, dtype=torch.long)
 
@@ -136,7 +138,7 @@ def open_celeba(root: str, download: bool, options: ImageOptions) -> SafeImages:
         f"{where}/img_align_celeba/000001.jpg exists, and put the text files in {where} (torchvision checks their md5)."
     )
     make = lambda: CelebA(root=root, split="train", target_type=[], download=download)  # noqa: E731
-    dataset = _torchvision("celeba", root, where, fix, make)
+    dataset = torchvision_dataset("celeba", root, where, fix, make)
     return SafeImages(dataset, options, partial(_file_in, str(where / "img_align_celeba"), dataset.filename))
 
 

@@ -22,6 +22,7 @@ from trainer.data.files import (
     open_image_folder,
     open_lsun_bedroom,
     resize_uint8,
+    torchvision_dataset,
 )
 from trainer.data.toys import TOYS
 from trainer.errors import TrainerError
@@ -50,22 +51,12 @@ def load_torchvision_labelled(name: str, root: str, download: bool) -> tuple[Ten
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
-    try:
-        dataset = cls(root=root, train=True, download=download)
-    except RuntimeError as err:
-        if "not found" not in str(err).lower():
-            raise
-        raise TrainerError(
-            f"data.name={name}: the dataset was not found under {Path(root, cls.__name__, 'raw')}. Set "
-            f"data.download=true on a machine with internet (it is fetched once and kept under data.root={root}), "
-            f"or copy the four IDX files (train-images-idx3-ubyte, ...) there and point data.root at their parent."
-        ) from None
-    except OSError as err:  # URLError and socket errors are OSErrors
-        raise TrainerError(
-            f"data.name={name}: downloading into {root} failed ({err}). This machine may have no internet: download "
-            f"once on a machine that has it (e.g. a login node: python train.py data.name={name} data.download=true "
-            f"train.steps=1) or copy the IDX files into {Path(root, cls.__name__, 'raw')}, then rerun."
-        ) from None
+    where = Path(root, cls.__name__, "raw")
+    fix = (
+        f"Set data.download=true on a machine with internet (it is fetched once and kept under data.root={root}), "
+        f"or copy the four IDX files (train-images-idx3-ubyte, ...) into {where} and point data.root at {root}."
+    )
+    dataset = torchvision_dataset(name, root, where, fix, lambda: cls(root=root, train=True, download=download))
     return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
 
 

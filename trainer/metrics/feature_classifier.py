@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from trainer.data.batches import to_unit_range
 from trainer.data.registry import load_digits_uint8, load_torchvision_uint8, resize_uint8
 from trainer.metrics.moments import Moments
 
@@ -77,10 +78,6 @@ def load_labelled(dataset: str, root: str, image_size: int) -> tuple[Tensor, Ten
     return resize_uint8(images, image_size), labels.long()
 
 
-def _scaled(images: Tensor) -> Tensor:
-    return images.float() / 127.5 - 1
-
-
 def train_classifier(images: Tensor, labels: Tensor, seed: int = SEED) -> tuple[FeatureClassifier, float]:
     """Trains on a fixed 5/6 of (images, labels), returns the model (eval mode) and its accuracy on the other 1/6."""
     # fork_rng leaves the caller's (the training loop's) RNG streams untouched; evaluate() runs under no_grad.
@@ -94,13 +91,15 @@ def train_classifier(images: Tensor, labels: Tensor, seed: int = SEED) -> tuple[
         steps = max(MIN_STEPS, MIN_EPOCHS * train.numel() // BATCH)
         for _ in range(steps):
             batch = train[torch.randint(0, train.numel(), (BATCH,))]
-            loss = F.cross_entropy(model(_scaled(images[batch]))[1], labels[batch])
+            loss = F.cross_entropy(model(to_unit_range(images[batch]))[1], labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     model.eval()
     with torch.no_grad():
-        predicted = torch.cat([model(_scaled(images[test[i : i + 1000]]))[1].argmax(1) for i in range(0, n_test, 1000)])
+        predicted = torch.cat(
+            [model(to_unit_range(images[test[i : i + 1000]]))[1].argmax(1) for i in range(0, n_test, 1000)]
+        )
     return model, float((predicted == labels[test]).float().mean())
 
 
@@ -108,7 +107,7 @@ def train_classifier(images: Tensor, labels: Tensor, seed: int = SEED) -> tuple[
 def feature_moments(model: FeatureClassifier, images: Tensor) -> Moments:
     moments = Moments.zeros(FEATURES)
     for start in range(0, images.shape[0], 1000):
-        moments.add(model(_scaled(images[start : start + 1000]))[0])
+        moments.add(model(to_unit_range(images[start : start + 1000]))[0])
     return moments
 
 

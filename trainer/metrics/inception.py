@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from trainer.config import Config
+from trainer.data.batches import to_unit_range
 from trainer.data.registry import DATASETS, load_images
 from trainer.errors import TrainerError
 from trainer.metrics.moments import (
@@ -139,7 +140,7 @@ def real_batches(
     lo, hi = shard_bounds(chosen.numel(), *rank_world())
     for start in range(lo, hi, batch):
         position = torch.arange(start, min(start + batch, hi))
-        yield fetch(chosen[position]).float() / 127.5 - 1, position
+        yield to_unit_range(fetch(chosen[position])), position
 
 
 def real_statistics(

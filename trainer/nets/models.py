@@ -155,7 +155,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "mlp": Preset(mlp_pair, False, (8, 16, 28, 32, 64)),
     "dcgan28": Preset(dcgan28_pair, False, (28,)),
-    "conv-small": Preset(conv_small_pair, False, (8, 16, 32, 64), channels_last_cpu=True),  # 1.08-1.17x on CPU
+    "conv-small": Preset(conv_small_pair, False, (8, 16, 32, 64), channels_last_cpu=True),  # README: Performance
     "toy": Preset(toy_pair, True, ()),
     # The paper's presets (Gulrajani et al. 2017, igul222/improved_wgan_training):
     "resnet32": Preset(resnet32_pair, False, (32,), conditional=True),  # CIFAR-10 ResNet (Inception scores, Table 3)
