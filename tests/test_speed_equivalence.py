@@ -199,6 +199,10 @@ def test_tf32_modes_are_set_and_restored():
     with float32_modes(("ieee", "ieee")):
         set_tf32(True)
         assert tf32_modes() == ("tf32", "tf32")
+        set_tf32(None)  # the default: PyTorch's own modes, as a fresh process has them
+        assert tf32_modes() == ("none", "tf32")
+        set_tf32(False)
+        assert tf32_modes() == ("ieee", "ieee")
     assert tf32_modes() == before
 
 

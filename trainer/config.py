@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 from trainer.errors import TrainerError
 
@@ -112,7 +114,7 @@ class SpeedConfig:
     fused_adam: Optional[bool] = None  # Adam's fused kernel (one launch, sync-free NaN skips); None = on CUDA only
     joint_forward: Optional[bool] = None  # one critic pass over real+fake (else two); None = one on GPUs, two on CPUs
     backward_params_only: bool = True  # critic backward to its weights only (skips x_hat's unused grad); False = plain
-    tf32: bool = False  # TF32 in float32 matmuls/convs on CUDA (the penalty pass under bf16/fp16); False = IEEE fp32
+    tf32: Optional[bool] = None  # CUDA float32: None = PyTorch's own (TF32 convs, IEEE matmuls); True = TF32; False = IEEE
     cuda_graph: bool = False  # one CUDA graph per generator step (1 GPU, bf16/fp32, fused Adam); False = eager
     cudnn_benchmark: bool = False  # cuDNN times its algorithms per shape once, keeps the fastest; False = heuristics
 
@@ -148,6 +150,17 @@ MOVED = {  # keys that moved: the old name is refused with the new one
 
 def _explain(err: OmegaConfBaseException, source: str) -> TrainerError:
     key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, InterpolationResolutionError):
+        return TrainerError(
+            f"config key '{key}' (from {source}) could not be resolved: {str(err).splitlines()[0]}. Set the "
+            f"environment variable it names, or give the value directly."
+        )
+    if "is not a subclass of" in str(err):
+        sections = ", ".join(k for k, v in OmegaConf.structured(Config).items() if isinstance(v, DictConfig))
+        return TrainerError(
+            f"a config section was given a single value (from {source}): {str(err).splitlines()[0]}. Sections "
+            f"({sections}) take dotted keys, e.g. train.steps=2000."
+        )
     if key in MOVED:
         return TrainerError(
             f"config key '{key}' (from {source}) has moved: it changes the math, so it is now {MOVED[key]}. "
@@ -176,10 +189,7 @@ def load_config(config_file: Optional[str] = None, overrides: tuple[str, ...] = 
         path = Path(config_file)
         if not path.is_file():
             raise TrainerError(f"config file '{config_file}' does not exist. Pick one of: {_config_choices()}.")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except OmegaConfBaseException as err:
-            raise _explain(err, str(path)) from None
+        cfg = _merge_file(cfg, path)
     for item in overrides:
         if "=" not in item:
             raise TrainerError(f"override '{item}' is not of the form key=value (e.g. train.steps=2000).")
@@ -187,16 +197,79 @@ def load_config(config_file: Optional[str] = None, overrides: tuple[str, ...] = 
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
             raise _explain(err, f"override '{item}'") from None
-    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    raw = _interpolations(cfg)
+    try:
+        config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _explain(err, config_file or "the overrides") from None
+    config._raw = raw  # type: ignore[attr-defined]  # written out instead of resolved values (secrets stay out)
     if config.train.precision == "False":  # YAML 1.1 reads `no` as false, which the str field then holds as 'False'
         config.train.precision = "no"
     validate(config)
     return config
 
 
+def _merge_file(cfg: DictConfig, path: Path) -> DictConfig:
+    """The YAML file on top of `cfg`; any unreadable or malformed file is one message naming it."""
+    problem = None
+    try:
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            problem = f"it holds a {type(loaded).__name__.replace('Config', '').lower()}, not a mapping of sections"
+        else:
+            return OmegaConf.merge(cfg, loaded)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _explain(err, str(path)) from None
+    except yaml.YAMLError as err:
+        problem = " ".join(str(err).split())[:300]
+    except UnicodeDecodeError as err:
+        problem = f"it is not UTF-8 text ({err.reason} at byte {err.start})"
+    except OSError as err:
+        problem = f"it cannot be read ({err.strerror})"
+    raise TrainerError(
+        f"config file '{path}' is not a valid config: {problem}. A config is a YAML mapping of sections, indented "
+        f"with spaces, e.g. 'train:\\n  steps: 2000' (compare configs/digits.yaml)."
+    )
+
+
+def _interpolations(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> its `${...}` text, for every interpolated value (written out as text, never resolved)."""
+    out: dict[str, str] = {}
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if OmegaConf.is_interpolation(cfg, str(key)):
+            out[name] = str(cfg._get_node(key)._value())  # type: ignore[union-attr]
+        elif isinstance(cfg._get_node(key), DictConfig):
+            out.update(_interpolations(cfg._get_node(key), name + "."))  # type: ignore[arg-type]
+    return out
+
+
 def _config_choices() -> str:
     folder = Path(__file__).resolve().parent.parent / "configs"
     return ", ".join(sorted(str(p.relative_to(folder.parent)) for p in folder.glob("*.yaml"))) or "(none found)"
+
+
+MAX_SEED = 2**32 - 1 - 4096  # numpy seeds are 32-bit; room for seed + process index
+LIMITS = {  # upper bounds no real run reaches (memory-bound sizes are estimated at start instead)
+    "train.n_critic": 1000,
+    "train.steps": 10**10,
+    "loss.lazy_penalty": 10_000,
+    "log.num_samples": 10_000,
+    "train.cpu_threads": 4096,
+    "data.num_workers": 256,
+    "train.timeout_s": 7 * 24 * 3600,
+}
+
+
+def _finite(node: Any, prefix: str = "") -> None:
+    """Every float in the config is a real number: NaN or Inf would silently switch a term off or blow it up."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            _finite(value, name + ".")
+        for item in value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise TrainerError(f"{name}={value} is not a finite number. Give a real value, e.g. the default.")
 
 
 def _choice(key: str, value: Optional[str], choices: tuple[str, ...] | list[str]) -> None:
@@ -227,6 +300,15 @@ def validate(cfg: Config) -> None:
             f"(pip install {package}) or use log.tracker=none (metrics.jsonl is always written)."
         )
     node = OmegaConf.structured(cfg)  # dotted-key lookups below
+    _finite(node)
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise TrainerError(f"seed={cfg.seed} is impossible: it must be in [0, {MAX_SEED}] (process i uses seed + i).")
+    for key, most in LIMITS.items():
+        if OmegaConf.select(node, key) > most:
+            raise TrainerError(
+                f"{key}={OmegaConf.select(node, key)} is beyond any sensible run: it may be at most {most:,}. "
+                f"Check the value (a missing decimal point or extra zeros?)."
+            )
     _positive("loss.gp_weight", cfg.loss.gp_weight, 0, "0 or more (10 in the paper)")
     _positive("loss.drift", cfg.loss.drift, 0, "0 or more (0.001 in ProGAN)")
     if not cfg.loss.clip > 0:
@@ -255,8 +337,11 @@ def validate(cfg: Config) -> None:
         raise TrainerError(f"train.ema_decay={cfg.train.ema_decay} is impossible: it must be in [0, 1) (0 = off).")
     for key in ("optim.lr_d", "optim.lr_g"):
         value = OmegaConf.select(node, key)
-        if value is not None and not value > 0:
-            raise TrainerError(f"{key}={value} is impossible: a learning rate must be greater than 0.")
+        if value is not None and not 0 < value <= 1:
+            raise TrainerError(
+                f"{key}={value} is impossible: a learning rate must be in (0, 1] (Adam 1e-4 in the paper); larger "
+                f"rates blow the weights up to Inf within a few steps."
+            )
     betas = cfg.optim.betas
     if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise TrainerError(f"optim.betas={cfg.optim.betas} is impossible: two numbers in [0, 1), e.g. [0.0, 0.9].")
@@ -296,9 +381,18 @@ def _check_cuda_graph(cfg: Config) -> None:
             raise TrainerError(f"speed.cuda_graph=true cannot run with {what}. Use {fix}, or drop speed.cuda_graph.")
 
 
+def _written(cfg: Config) -> DictConfig:
+    """`cfg` as written out (config.yaml, checkpoints, trackers): interpolations as their `${...}` text, so a value
+    read from the environment (a token, a password) never reaches a file."""
+    node = OmegaConf.structured(cfg)
+    for key, text in getattr(cfg, "_raw", {}).items():
+        OmegaConf.update(node, key, text, force_add=False)
+    return node
+
+
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return OmegaConf.to_yaml(_written(cfg))
 
 
 def to_dict(cfg: Config) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+    return OmegaConf.to_container(_written(cfg))  # type: ignore[return-value]

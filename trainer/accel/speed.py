@@ -105,16 +105,19 @@ def critic_backward_kwargs(cfg: Config, accelerator: Accelerator, critic: nn.Mod
     return {"inputs": [q for q in critic.parameters() if q.requires_grad]}
 
 
-def set_tf32(allowed: bool) -> tuple[str, str]:
-    """TF32 for float32 matmuls and cuDNN convolutions (CUDA only), or IEEE float32; returns the previous modes.
+PYTORCH_FP32_MODES = ("none", "tf32")  # PyTorch's defaults: matmuls in IEEE float32, cuDNN convolutions in TF32
 
-    Under bf16/fp16 the only float32 work is the penalty pass (forward and double backward); with precision `no`
-    it is every pass. Off means true float32 (cuDNN would otherwise use TF32 for convolutions by default).
+
+def set_tf32(allowed: Optional[bool]) -> tuple[str, str]:
+    """CUDA's float32 modes for (matmuls, cuDNN convolutions); returns the previous ones. None: PyTorch's own (what a
+    plain PyTorch loop gets: TF32 convolutions); True: TF32 for both; False: IEEE float32 for both.
+
+    Under bf16/fp16 the only float32 work is the penalty pass (forward and double backward, on float32 tensors with
+    float32 accumulation either way); with precision `no` it is every pass.
     """
     previous = tf32_modes()
-    mode = "tf32" if allowed else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = mode
-    torch.backends.cudnn.conv.fp32_precision = mode
+    modes = PYTORCH_FP32_MODES if allowed is None else ("tf32", "tf32") if allowed else ("ieee", "ieee")
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = modes
     return previous
 
 

@@ -180,7 +180,7 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
 
 def result(cfg: Config, args: argparse.Namespace, trainer: TrainerStep, contenders: list[Contender]) -> dict:
     device, (a, b) = trainer.device, contenders
-    peak, basis = peak_tflops(device, trainer.precision, cfg.speed.tf32, args.peak_tflops)
+    peak, basis = peak_tflops(device, trainer.precision, cfg.speed.tf32 is not False, args.peak_tflops)
     return {
         "speedup": paired_ratio(a.seconds_per_step, b.seconds_per_step),  # B's time per step / A's (the trainer's)
         "speedup_of_medians": statistics.median(b.seconds_per_step) / statistics.median(a.seconds_per_step),
