@@ -8,7 +8,7 @@ import sys
 from typing import Optional
 
 from trainer.errors import TrainerError
-from trainer.run.signals import EXIT_PREEMPTED, Preempted
+from trainer.run.signals import EXIT_PREEMPTED, Preempted, install
 
 EXIT_USER_ERROR = 2
 
@@ -25,20 +25,47 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The key=value overrides; a config file given without --config (the usual slip) is refused with the fix."""
+    for item in args.overrides:
+        if "=" not in item and item.endswith((".yaml", ".yml")):
+            raise TrainerError(
+                f"'{item}' looks like a config file, but config files come after --config: "
+                f"train.py --config {item} [key=value ...]."
+            )
+    return args.overrides
+
+
+def resolved_defaults(cfg) -> str:
+    """What --print-config adds after the YAML: the optimizer values that null stands for (the loss's paper's)."""
+    from trainer.core.losses import LOSSES
+
+    spec, o = LOSSES[cfg.loss.name], cfg.optim
+    used = {
+        "optim.name": o.name or spec.optimizer,
+        "optim.lr_d": o.lr_d or spec.lr,
+        "optim.lr_g": o.lr_g or spec.lr,
+        "optim.betas": list(o.betas or spec.betas),
+    }
+    lines = [f"#   {key}: {value}" for key, value in used.items()]
+    return f"# used for training (null = loss.name={cfg.loss.name}'s paper default):\n" + "\n".join(lines) + "\n"
+
+
 def report_error(err: TrainerError) -> None:
     if os.environ.get("RANK", "0") == "0":  # one message per job, not one per process
         print(f"error: {err}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    install()  # before the slow imports: a stop signal during start-up still ends in a checkpoint
     args = parse_args(argv)
     try:
         from trainer.config import to_yaml
         from trainer.core.check import configure
 
-        cfg = configure(args.config, tuple(args.overrides))
+        cfg = configure(args.config, tuple(_overrides(args)))
         if args.print_config:
-            print(to_yaml(cfg), end="")
+            print(to_yaml(cfg) + resolved_defaults(cfg), end="")
             return 0
         from trainer.core.loop import train
 

@@ -8,18 +8,19 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from trainer.accel.runtime import fingerprint, fp32_forward, make_accelerator
 from trainer.accel.timer import peak_memory_mb
 from trainer.config import Config, to_yaml
-from trainer.core.build import Training, build
+from trainer.core.build import Training, batches_from_config, build
 from trainer.core.step import iteration
 from trainer.data.toys import TOYS
 from trainer.nets.layers import class_rows
 from trainer.nets.models import parameter_count
 from trainer.run import checkpoint
-from trainer.run.folder import prepare_run_dir
+from trainer.run.folder import check_start, claim, finished, release, write_config
 from trainer.run.pictures import save_grid, save_toy_plot
 from trainer.run.signals import Preempted, StopFlag
 from trainer.run.stats import MetricsFile
@@ -30,18 +31,30 @@ def train(cfg: Config) -> Path:
     """Runs (or resumes) the experiment `cfg`; returns the run folder."""
     stop = StopFlag()  # before any slow start-up work, so an early SIGUSR1/SIGTERM still ends in a checkpoint
     accelerator = make_accelerator(cfg)
-    run_dir, resume_from = prepare_run_dir(cfg, accelerator)
-    t = build(cfg, accelerator)
-    if resume_from is not None:
-        resume_from, record = checkpoint.load_with_fallback(accelerator, run_dir, resume_from, cfg.run.resume, t.ema)
-        t.resume_at(record["step"])
-        t.batches.load_state_dict(record["data"])
+    check_start(cfg, accelerator)  # fp16 on a CPU, sizes that cannot fit
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():  # data problems are reported before the run folder's
+        batches = batches_from_config(cfg, accelerator.device, accelerator.process_index, accelerator.num_processes)
+    with claim(cfg, accelerator) as (run_dir, resume_from, record):  # lock, checkpoint choice; undone on failure
+        if (done := finished(cfg, record, resume_from)) is not None:
+            if accelerator.is_main_process:
+                print(f"[wgan-gp] {done}", flush=True)
+            return run_dir
+        t = build(cfg, accelerator, batches)
+        if resume_from is not None:
+            resume_from, record = checkpoint.load_with_fallback(accelerator, run_dir, resume_from, "path", t.ema)
+            t.resume_at(record["step"])
+            t.batches.load_state_dict(record["data"])
+            if len(record.get("stats", [])) == accelerator.num_processes:  # the log interval's running sums
+                t.stats.load_state_dict(record["stats"][accelerator.process_index])
+        write_config(cfg, accelerator, run_dir)
     announce(t, run_dir, resume_from)
     try:
         run_loop(t, run_dir, stop)
         write_summary(accelerator, run_dir)
     finally:
         accelerator.end_training()
+        release(run_dir)
     return run_dir
 
 
@@ -67,34 +80,37 @@ def train_step(t: Training, eager: bool = False) -> None:
 
 def run_loop(t: Training, run_dir: Path, stop: StopFlag) -> None:
     cfg, accelerator = t.cfg, t.accelerator
-    metrics = MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process, t.step if t.step else None)
+    metrics = MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process, t.step)
     fixed_z = torch.randn(cfg.log.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     bar = tqdm(total=cfg.train.steps, initial=t.step, disable=not accelerator.is_main_process, dynamic_ncols=True)
     clock = (time.perf_counter(), t.step)
-    while t.step < cfg.train.steps:
-        t.timer.enabled = (t.step + 1) % cfg.log.every == 0 or t.step + 1 == cfg.train.steps
-        train_step(t)
-        t.timer.report(t.stats)
-        bar.update(1)
-        step, last = t.step, t.step == cfg.train.steps
-        scores = maybe_evaluate(t, step, last)
-        if step % cfg.log.every == 0 or last or scores:
-            t.guard.check()
-            record = log_metrics(t, step, clock, metrics, scores)
-            clock = (time.perf_counter(), step)
-            bar.set_postfix(
-                loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}", img_s=f"{record['imgs_per_s']:.0f}"
-            )
-        if (cfg.log.sample_every and step % cfg.log.sample_every == 0) or last:
-            save_samples(t, run_dir / "samples" / f"step-{step:08d}.png", fixed_z)
-        signum = stop.agreed(accelerator)
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or last or signum:
-            t.guard.check()  # a run that is skipping every update stops here, before it writes a checkpoint
-            save_checkpoint(t, run_dir, step)
-        if signum and not last:
-            bar.close()
-            raise Preempted(signum, step)
-    bar.close()
+    try:  # the bar's line ends before any message, also when the run stops with an error
+        while t.step < cfg.train.steps:
+            t.timer.enabled = (t.step + 1) % cfg.log.every == 0 or t.step + 1 == cfg.train.steps
+            train_step(t)
+            t.timer.report(t.stats)
+            bar.update(1)
+            step, last = t.step, t.step == cfg.train.steps
+            scores = maybe_evaluate(t, step, last)
+            if step % cfg.log.every == 0 or last or scores:
+                t.guard.check()
+                record = log_metrics(t, step, clock, metrics, scores)
+                clock = (time.perf_counter(), step)
+                bar.set_postfix(
+                    loss_d=f"{record['loss_d']:.3f}",
+                    loss_g=f"{record['loss_g']:.3f}",
+                    img_s=f"{record['imgs_per_s']:.0f}",
+                )
+            if (cfg.log.sample_every and step % cfg.log.sample_every == 0) or last:
+                save_samples(t, run_dir / "samples" / f"step-{step:08d}.png", fixed_z)
+            signum = stop.agreed(accelerator)
+            if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or last or signum:
+                t.guard.check()  # a run that is skipping every update stops here, before it writes a checkpoint
+                save_checkpoint(t, run_dir, step)
+            if signum and not last:
+                raise Preempted(signum, step)
+    finally:
+        bar.close()
 
 
 def maybe_evaluate(t: Training, step: int, last: bool) -> dict[str, float]:
@@ -145,10 +161,12 @@ def save_samples(t: Training, path: Path, fixed_z: torch.Tensor) -> None:
 
 
 def save_checkpoint(t: Training, run_dir: Path, step: int) -> None:
+    checkpoint.require_finite({"generator": t.state.generator, "critic": t.state.critic}, step, run_dir)
     export = t.ema.model if t.ema is not None else t.state.sample
     prints = {"generator": fingerprint(t.state.generator), "critic": fingerprint(t.state.critic)}
+    mine = {"fingerprints": prints, "stats": t.stats.state_dict()}  # per process
     state = {"data": t.batches.state_dict(), "num_classes": t.num_classes}
-    checkpoint.save(t.accelerator, run_dir, step, state, to_yaml(t.cfg), export, t.ema, prints, t.cfg.checkpoint.keep)
+    checkpoint.save(t.accelerator, run_dir, step, state, to_yaml(t.cfg), export, t.ema, mine, t.cfg.checkpoint.keep)
 
 
 def announce(t: Training, run_dir: Path, resume_from: Optional[Path]) -> None:

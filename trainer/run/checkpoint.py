@@ -3,19 +3,24 @@
 A checkpoint folder `checkpoints/step-00001000/` holds Accelerate's state (both models, both optimizers, the grad
 scaler, every process's RNG), `trainer_state.json` (step, data position, per-process parameter fingerprints),
 `config.yaml` (the resolved config), `ema.safetensors` and `generator.safetensors` (the export used for sampling:
-the EMA generator when there is one). Nothing here needs pickle to be read back except Accelerate's RNG and
-optimizer files, which Accelerate loads with weights_only=True.
+the EMA generator when there is one). `trainer_state.json` is written last and records the SHA-256 of every other
+file, checked before a resume: a cut or flipped file is never loaded. Nothing here needs pickle to be read back
+except Accelerate's RNG and optimizer files, which Accelerate loads with weights_only=True.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -25,6 +30,7 @@ STATE_FILE = "trainer_state.json"
 EXPORT_FILE = "generator.safetensors"
 EMA_FILE = "ema.safetensors"
 PREFIX = "step-"
+NAME = re.compile(r"step-(\d{8,})")  # a checkpoint's folder name; anything else in checkpoints/ is not ours
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -35,12 +41,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints (renamed into place, state file present), oldest first."""
     folder = checkpoint_dir(run_dir)
     found = (
-        [p for p in folder.glob(f"{PREFIX}*") if p.is_dir() and (p / STATE_FILE).is_file()] if folder.is_dir() else []
+        [p for p in folder.iterdir() if NAME.fullmatch(p.name) and p.is_dir() and (p / STATE_FILE).is_file()]
+        if folder.is_dir()
+        else []
     )
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
-def resolve(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
+def resolve(run_dir: Path, resume: Optional[str], option: str = "run.resume") -> Optional[Path]:
     """The checkpoint to resume from: None for a fresh run or `latest` with none yet; raises for a missing path."""
     if resume is None:
         return None
@@ -49,12 +57,79 @@ def resolve(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
+        fix = (
+            "Use run.resume=latest to continue the newest checkpoint in run.dir, or one of"
+            if option == "run.resume"
+            else "Use one of"
+        )
         raise TrainerError(
-            f"run.resume={resume}: no checkpoint there (a checkpoint folder holds {STATE_FILE}). Use run.resume=latest "
-            f"to continue the newest checkpoint in run.dir, or one of: "
-            f"{', '.join(str(p) for p in list_checkpoints(run_dir)) or 'none exist yet'}."
+            f"{option} {resume}: no checkpoint there (a checkpoint folder holds {STATE_FILE}). {fix}: "
+            f"{', '.join(str(p) for p in list_checkpoints(run_dir)) or f'none exist yet in {checkpoint_dir(run_dir)}'}."
         )
     return path
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The state record of checkpoint `path` after checking every file against the SHA-256 it recorded at saving
+    (and that its config parses); raises TrainerError naming the first file that differs."""
+    try:
+        record = json.loads((path / STATE_FILE).read_text())
+        for name, digest in record.get("files", {}).items():
+            if not (path / name).is_file():
+                raise ValueError(f"{name} is missing")
+            if _sha256(path / name) != digest:
+                raise ValueError(f"{name} differs from the SHA-256 recorded when it was written (cut or corrupted)")
+        OmegaConf.create(read_config_yaml(path))
+        return record
+    except Exception as err:  # noqa: BLE001 - any unreadable file means the same thing to the user
+        raise TrainerError(
+            f"checkpoint {path} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:300]})."
+        ) from None
+
+
+def choose(run_dir: Path, resume: Optional[str], warn: bool) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The verified checkpoint to resume from and its record: run.resume=latest falls back past damaged ones with a
+    warning naming the file; an explicit run.resume path that is damaged is an error."""
+    chosen = resolve(run_dir, resume)
+    if chosen is None:
+        return None, None
+    candidates = [chosen] if resume != "latest" else list(reversed(list_checkpoints(run_dir)))
+    for i, path in enumerate(candidates):
+        try:
+            return path, verify(path)
+        except TrainerError as err:
+            if i == len(candidates) - 1:
+                fix = (
+                    "point run.resume at an earlier checkpoint, or start a new run.dir"
+                    if i == 0
+                    else "no earlier checkpoint is intact; start a new run.dir"
+                )
+                raise TrainerError(f"{err} {fix[0].upper()}{fix[1:]}.") from None
+            if warn:
+                print(f"[wgan-gp] warning: {err} Falling back to {candidates[i + 1].name}.", flush=True)
+    raise AssertionError("unreachable: resolve() returned a checkpoint, so there is at least one candidate")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require_finite(modules: dict[str, nn.Module], step: int, run_dir: Path) -> None:
+    """Refuses to checkpoint non-finite weights, so the newest checkpoint is always one a resume can continue."""
+    for name, module in modules.items():
+        params = [p for p in module.parameters()]
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in params])
+        if not bool(finite.all()):
+            first = next(n for (n, _), ok in zip(module.named_parameters(), finite.tolist(), strict=True) if not ok)
+            raise TrainerError(
+                f"the {name}'s weights hold NaN/Inf at step {step} (first in {first}): the updates diverged, so no "
+                f"checkpoint was written and the newest one in {checkpoint_dir(run_dir)} is the last good one. Lower "
+                f"optim.lr_d/optim.lr_g (or raise loss.gp_weight), then resume with run.resume=latest."
+            )
 
 
 def _state_dict_fp32(module: nn.Module) -> dict:
@@ -69,10 +144,11 @@ def save(
     config_yaml: str,
     export: nn.Module,
     ema: Optional[nn.Module],
-    fingerprints: dict[str, str],
+    per_process: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Collective: every process calls it. Returns the final folder."""
+    """Collective: every process calls it; `per_process` (fingerprints, statistics) is stored per process, each
+    key as a list indexed by process. Returns the final folder."""
     folder = checkpoint_dir(run_dir)
     final, tmp = folder / f"{PREFIX}{step:08d}", folder / f".tmp-{PREFIX}{step:08d}"
     try:
@@ -81,22 +157,25 @@ def save(
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
-        per_rank = gather_object([fingerprints])
+        per_rank = gather_object([per_process])
         if accelerator.is_main_process:
             (tmp / "config.yaml").write_text(config_yaml)
             save_file(_state_dict_fp32(export), str(tmp / EXPORT_FILE))
             if ema is not None:
                 save_file(_state_dict_fp32(ema), str(tmp / EMA_FILE))
-            record = {**state, "step": step, "world_size": accelerator.num_processes, "fingerprints": per_rank}
+            files = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+            record = {**state, "step": step, "world_size": accelerator.num_processes, "files": files}
+            record.update({key: [rank[key] for rank in per_rank] for key in per_process})
             (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
             publish(tmp, final)
             _prune(run_dir, keep)
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - a full disk surfaces as OSError, SafetensorError or torch's RuntimeError
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200]
         raise TrainerError(
-            f"writing checkpoint {final.name} into {folder} failed ({err.strerror or err}); the earlier checkpoints "
-            f"are untouched. Free space or fix permissions there, then continue with run.resume=latest."
+            f"writing checkpoint {final.name} into {folder} failed ({reason}); the earlier checkpoints are "
+            f"untouched. Free space or fix permissions there, then continue with run.resume=latest."
         ) from None
     accelerator.wait_for_everyone()
     return final

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor
+
+from trainer.errors import TrainerError
 
 
 class Stats:
@@ -45,6 +47,19 @@ class Stats:
             torch.maximum(self.maxima[f"{name}_max"], peak) if f"{name}_max" in self.maxima else peak
         )
 
+    def state_dict(self) -> dict:
+        """The running sums of the current log interval (checkpointed, so a resume logs the same next line)."""
+        return {
+            "sums": {n: float(v) for n, v in self.sums.items()},
+            "counts": dict(self.counts),
+            "maxima": {n: float(v) for n, v in self.maxima.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {n: torch.tensor(v, dtype=torch.float32) for n, v in state["sums"].items()}
+        self.counts = dict(state["counts"])
+        self.maxima = {n: torch.tensor(v, dtype=torch.float32) for n, v in state["maxima"].items()}
+
     def reduce(self, accelerator: Accelerator) -> dict[str, float]:
         """Values since the last call over all processes (every process must call this together)."""
         names, peaks = sorted(self.sums), sorted(self.maxima)
@@ -62,22 +77,66 @@ class Stats:
 
 
 class MetricsFile:
-    """metrics.jsonl in the run folder, one JSON object per log interval, flushed at once; main process only."""
+    """metrics.jsonl in the run folder, one JSON object per log interval, flushed at once; main process only.
 
-    def __init__(self, path: Path, enabled: bool, resume_step: Optional[int]) -> None:
+    A run starting at step S keeps exactly the lines of steps <= S (a resumed run replays the steps after its
+    checkpoint; a fresh one, S = 0, replaces the lines of a run that saved no checkpoint), and drops a line cut by a
+    crash or a full disk. A write that fails leaves the file as it was before it: whole lines only.
+    """
+
+    def __init__(self, path: Path, enabled: bool, start_step: int) -> None:
         self.path, self.enabled = Path(path), enabled
-        if enabled and resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
+        if enabled and self.path.exists():
+            self._keep_until(start_step)
 
-    def _truncate_after(self, step: int) -> None:
-        """A resumed run replays the steps after its checkpoint: drop their old lines so no step appears twice."""
-        kept = [
-            line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+    def _keep_until(self, step: int) -> None:
+        kept, dropped = [], 0
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped += bool(line.strip())  # cut by a kill or a full disk
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            print(
+                f"[wgan-gp] {self.path}: {dropped} line(s) after step {step} or cut off replaced by this run",
+                flush=True,
+            )
+            self._rewrite("".join(line + "\n" for line in kept))
+
+    def _rewrite(self, text: str) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(text)
+            tmp.replace(self.path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise self._failed(err) from None
+
+    def _failed(self, err: OSError) -> TrainerError:
+        return TrainerError(
+            f"writing {self.path} failed ({err.strerror or err}); it still holds every earlier line intact. Free "
+            f"space or fix permissions there, then continue with run.resume=latest."
+        )
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
+        if not self.enabled:
+            return
+        line = memoryview((json.dumps(record) + "\n").encode())
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise self._failed(err) from None
+        try:
+            size = os.fstat(fd).st_size
+            while line:
+                line = line[os.write(fd, line) :]  # a full disk may take part of the line, then refuse the rest
+        except OSError as err:
+            os.ftruncate(fd, size)  # no half line: the next resume reads every line
+            raise self._failed(err) from None
+        finally:
+            os.close(fd)
