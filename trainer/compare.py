@@ -22,7 +22,7 @@ def read_run(run_dir: Path) -> Records:
         why = "nothing logged yet" if is_run else "no config.yaml either: not a run folder"
         raise TrainerError(f"{path} does not exist ({why}). Pass run folders written by train.py (its run.dir).")
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -108,9 +108,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("compare.png"), help="PNG to write (default compare.png)")
     args = parser.parse_args(argv)
     try:
+        if args.out.suffix.lower() != ".png":
+            raise TrainerError(f"--out {args.out}: the file must end in .png.")
         runs = dict(zip(labels_for(args.run_dirs), (read_run(d) for d in args.run_dirs), strict=True))
         check_metrics(runs, args.metric)
-        plot(runs, args.metric, args.out)
+        try:
+            plot(runs, args.metric, args.out)
+        except OSError as err:
+            raise TrainerError(
+                f"--out {args.out} cannot be written ({err.strerror or err}). Choose a writable path."
+            ) from None
     except TrainerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from trainer.errors import TrainerError
 from trainer.metrics.evaluate import evaluate, family
 from trainer.metrics.moments import rank_world
 from trainer.run import checkpoint
-from trainer.sample import load_generator
+from trainer.sample import find_checkpoint, load_generator
 
 DEFAULT_NUM = {"toy": 2000, "classifier": 10_000, "inception": 10_000}  # --num by metric family
 
@@ -46,9 +46,7 @@ def launch_device() -> torch.device:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
-    ckpt = args.checkpoint or checkpoint.resolve(args.run_dir, "latest")
-    if ckpt is None or not (ckpt / checkpoint.STATE_FILE).is_file():
-        raise TrainerError(f"no checkpoint in {args.run_dir / 'checkpoints'}; train first, or pass --checkpoint.")
+    ckpt = find_checkpoint(args.run_dir, args.checkpoint)
     generator, cfg = load_generator(ckpt, device)
     cfg.eval.inception_weights = args.inception_weights or cfg.eval.inception_weights
     cfg.eval.cache_dir = args.cache_dir or cfg.eval.cache_dir
@@ -57,7 +55,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         raise TrainerError(f"--num {num}: ask for at least 2 samples (a covariance needs two).")
     metrics = evaluate(generator, cfg, None, num, device, seed=args.seed, with_inception=args.inception)
     step = json.loads((ckpt / checkpoint.STATE_FILE).read_text())["step"]
-    return {"checkpoint": str(ckpt), "step": step, "num": num, "world_size": rank_world()[1], **metrics}
+    record = {"checkpoint": str(ckpt), "step": step, "num": num, "world_size": rank_world()[1], **metrics}
+    return {**record, "provenance": metrics.provenance}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -80,7 +80,7 @@ class SafeImages(Dataset):
             except Exception as err:  # noqa: BLE001 - any decoder error of one file must not stop a run
                 what = f"{type(err).__name__}: {err}"
                 warnings.warn(f"skipped unreadable image {self.describe(i)} ({what})", UnreadableImageWarning, 2)
-        raise RuntimeError(f"64 images in a row from {self.describe(index)} on could not be read; is the data intact?")
+        raise TrainerError(f"64 images in a row from {self.describe(index)} on could not be read; is the data intact?")
 
 
 def _missing(name: str, where: Path, fix: str) -> TrainerError:
@@ -97,18 +97,36 @@ def _offline(name: str, root: str, err: Exception, fix: str) -> TrainerError:
 
 
 def torchvision_dataset(name: str, root: str, where: Path, fix: str, make: Callable[[], Any]) -> Any:
-    """make() with torchvision's missing-data and download errors turned into one TrainerError with the fix."""
+    """make() with torchvision's missing-data, download and format errors turned into one TrainerError with the fix;
+    a dataset whose images and labels differ in number is refused too."""
     try:
-        return make()
+        dataset = make()
     except RuntimeError as err:
         text = str(err).lower()
         if "gdown" in text:
             raise TrainerError(f"data.name={name}: data.download=true needs gdown (pip install gdown). {fix}") from None
         if "not found" not in text and "corrupted" not in text:
-            raise
+            raise _unreadable(name, where, err, fix) from None
         raise _missing(name, where, fix) from None
     except OSError as err:  # URLError and socket errors are OSErrors
         raise _offline(name, root, err, fix) from None
+    except (AssertionError, ValueError, EOFError, IndexError, KeyError, TypeError) as err:  # a file's format is off
+        raise _unreadable(name, where, err, fix) from None
+    images, labels = getattr(dataset, "data", None), getattr(dataset, "targets", None)
+    if images is not None and labels is not None and len(images) != len(labels):
+        raise TrainerError(
+            f"data.name={name}: the files in {where} hold {len(images)} images but {len(labels)} labels (a cut or "
+            f"mismatched file). {fix}"
+        )
+    return dataset
+
+
+def _unreadable(name: str, where: Path, err: Exception, fix: str) -> TrainerError:
+    what = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    return TrainerError(
+        f"data.name={name}: the files in {where} are there but could not be read ({what}); one is cut off or not in "
+        f"the expected format (a wrong magic number, a truncated download). Delete them and {fix[0].lower()}{fix[1:]}"
+    )
 
 
 def load_cifar10(root: str, download: bool) -> tuple[Tensor, Tensor]:
@@ -195,4 +213,21 @@ def open_image_folder(root: str, download: bool, options: ImageOptions) -> SafeI
     except FileNotFoundError as err:
         raise TrainerError(f"data.name=imagefolder: {err}. {hint}") from None
     num_classes = len(dataset.classes) if len(dataset.classes) > 1 else 0
-    return SafeImages(dataset, options, partial(sample_path, dataset.samples), num_classes)
+    images = SafeImages(dataset, options, partial(sample_path, dataset.samples), num_classes)
+    _require_decodable(images, root, hint)
+    return images
+
+
+def _require_decodable(images: SafeImages, root: str, hint: str) -> None:
+    """At least one of the first 64 files decodes (else every batch would fail later, in a worker)."""
+    first = min(len(images.base), 64)
+    for i in range(first):
+        try:
+            images.base[i]
+            return
+        except Exception as err:  # noqa: BLE001 - any decoder error means the same here
+            error = f"{type(err).__name__}: {err}"
+    raise TrainerError(
+        f"data.name=imagefolder: none of the first {first} image files under data.root={root} could be decoded "
+        f"(e.g. {images.describe(0)}: {' '.join(error.split())[:200]}). {hint}"
+    )
