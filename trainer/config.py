@@ -18,6 +18,7 @@ from trainer.errors import TrainerError
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb", "tensorboard")
+ARTIFACTS = ("none", "generator", "checkpoint")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 
@@ -90,6 +91,12 @@ class LogConfig:
     num_samples: int = 64  # images in a sample grid, or generated points in a toy scatter
     tracker: str = "none"  # none | wandb | tensorboard
     project: str = "wgan-gp"  # tracker project name
+    entity: Optional[str] = None  # W&B entity (user or team); None = the login's default
+    group: Optional[str] = None  # W&B run group (an ablation, a sweep's seeds); None = no group
+    tags: list[str] = field(default_factory=list)  # W&B run tags, e.g. log.tags=[cifar,baseline]; [] = none
+    job_type: Optional[str] = None  # W&B job type (train, eval, ...); None = none
+    notes: Optional[str] = None  # W&B run notes (free text); None = none
+    artifacts: str = "generator"  # W&B artifact per checkpoint: none | generator (the export) | checkpoint (+ folder)
 
 
 @dataclass
@@ -293,6 +300,7 @@ def validate(cfg: Config) -> None:
     if cfg.train.precision is not None:
         _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("log.tracker", cfg.log.tracker, TRACKERS)
+    _choice("log.artifacts", cfg.log.artifacts, ARTIFACTS)
     package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(cfg.log.tracker)
     if package and importlib.util.find_spec(package) is None:
         raise TrainerError(

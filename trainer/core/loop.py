@@ -24,7 +24,7 @@ from trainer.run.folder import check_start, claim, finished, release, write_conf
 from trainer.run.pictures import save_grid, save_toy_plot
 from trainer.run.signals import Preempted, StopFlag
 from trainer.run.stats import MetricsFile
-from trainer.run.tracking import log_image, start_tracking, write_summary
+from trainer.run.tracking import log_checkpoint, log_image, start_tracking, write_summary
 
 
 def train(cfg: Config) -> Path:
@@ -166,7 +166,10 @@ def save_checkpoint(t: Training, run_dir: Path, step: int) -> None:
     prints = {"generator": fingerprint(t.state.generator), "critic": fingerprint(t.state.critic)}
     mine = {"fingerprints": prints, "stats": t.stats.state_dict()}  # per process
     state = {"data": t.batches.state_dict(), "num_classes": t.num_classes}
-    checkpoint.save(t.accelerator, run_dir, step, state, to_yaml(t.cfg), export, t.ema, mine, t.cfg.checkpoint.keep)
+    final = checkpoint.save(
+        t.accelerator, run_dir, step, state, to_yaml(t.cfg), export, t.ema, mine, t.cfg.checkpoint.keep
+    )
+    log_checkpoint(t.accelerator, t.cfg, final, step, run_dir)  # W&B artifacts (log.artifacts)
 
 
 def announce(t: Training, run_dir: Path, resume_from: Optional[Path]) -> None:

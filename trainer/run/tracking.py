@@ -14,6 +14,11 @@ from accelerate import Accelerator
 from trainer.config import Config, to_dict
 
 WANDB_ID_FILE = "wandb_id.txt"  # the W&B run id, so a resumed run continues the same W&B run
+LOWER_IS_BETTER = ("w1", "fid", "kid", "fd", "frechet", "distance")
+# Every key trainer.metrics.evaluate can return (toys, feature classifier, Inception), logged with an eval_ prefix.
+EVAL_KEYS = ("w1", "modes_covered", "high_quality", "fd_classifier", "is_classifier", "fid", "kid", "kid_std")
+EVAL_KEYS += ("inception_score", "inception_score_std")
+BEST_KEYS = ("eval_fid", "eval_fd_classifier", "eval_w1")  # the first one a run logs picks the 'best' checkpoint
 
 
 def _wandb_logged_in() -> bool:
@@ -42,31 +47,64 @@ def _wandb_mode() -> str:
 
 
 def _wandb_run_id(run_dir: Path) -> str:
+    """The run folder's W&B id: a sweep agent's WANDB_RUN_ID when set (kept for the trial's resumes), else the saved
+    one, else a new one."""
     path = run_dir / WANDB_ID_FILE
-    if not path.is_file():
-        path.write_text(uuid.uuid4().hex[:12])
-    return path.read_text().strip()
+    saved = path.read_text().strip() if path.is_file() else None
+    agent = os.environ.get("WANDB_RUN_ID", "").strip() or None
+    if agent and saved and agent != saved:
+        print(f"[wgan-gp] warning: WANDB_RUN_ID={agent} replaces the W&B run {saved} of {run_dir}.", flush=True)
+    run_id = agent or saved or uuid.uuid4().hex[:12]
+    if run_id != saved:
+        path.write_text(run_id)
+    return run_id
+
+
+def wandb_init_kwargs(cfg: Config, run_dir: Path) -> dict:
+    """wandb.init's arguments: the run folder, its id (resumed when it exists), log.group/tags/entity/job_type/notes."""
+    log = cfg.log
+    extra = {"group": log.group, "entity": log.entity, "job_type": log.job_type, "notes": log.notes}
+    kwargs = {"dir": str(run_dir), "name": run_dir.name, "id": _wandb_run_id(run_dir), "resume": "allow"}
+    kwargs.update({key: value for key, value in extra.items() if value is not None})
+    if log.tags:
+        kwargs["tags"] = list(log.tags)
+    return {**kwargs, "mode": _wandb_mode()}
 
 
 def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None:
-    """Initialises the configured tracker on the main process; a tracker failure falls back to offline/none."""
+    """Initialises the configured tracker on the main process; W&B that cannot start online falls back to offline."""
     if cfg.log.tracker == "none":
         return
-    kwargs = {}
-    if cfg.log.tracker == "wandb" and accelerator.is_main_process:
-        wandb = {"dir": str(run_dir), "name": run_dir.name, "id": _wandb_run_id(run_dir), "resume": "allow"}
-        kwargs = {"wandb": {**wandb, "mode": _wandb_mode()}}
+    main_wandb = cfg.log.tracker == "wandb" and accelerator.is_main_process
+    kwargs = {"wandb": wandb_init_kwargs(cfg, run_dir)} if main_wandb else {}
     try:
         accelerator.init_trackers(cfg.log.project, config=to_dict(cfg), init_kwargs=kwargs)
     except Exception as err:  # noqa: BLE001 - a network or login failure must not cost the run
         if cfg.log.tracker != "wandb" or kwargs.get("wandb", {}).get("mode") == "offline":
             raise
         print(f"[wgan-gp] warning: W&B did not start online ({err}); logging offline instead.", flush=True)
+        _forget_failed_wandb(accelerator)
         kwargs["wandb"]["mode"] = "offline"
         accelerator.init_trackers(cfg.log.project, config=to_dict(cfg), init_kwargs=kwargs)
-    if cfg.log.tracker == "wandb" and accelerator.is_main_process:
+    if main_wandb:
+        run = accelerator.get_tracker("wandb", unwrap=True)
         # W&B's own step is the generator step (accelerator.log(..., step=step)); images_seen is the other x axis.
-        accelerator.get_tracker("wandb", unwrap=True).define_metric("images_seen", summary="max")
+        run.define_metric("images_seen", summary="max")
+        for key in EVAL_KEYS:  # the summary keeps each evaluation metric's best value and its last
+            run.define_metric(f"eval_{key}", summary=("min" if _lower_is_better(key) else "max") + ",last")
+
+
+def _forget_failed_wandb(accelerator: Accelerator) -> None:
+    """Drops the tracker whose start failed (init_trackers would start it again) and W&B's service, which still
+    holds the run id of the timed-out online start ("run ID ... is in use" otherwise)."""
+    import wandb
+
+    accelerator.trackers.clear()
+    wandb.teardown()
+
+
+def _lower_is_better(key: str) -> bool:
+    return any(word in key for word in LOWER_IS_BETTER)
 
 
 def log_image(accelerator: Accelerator, name: str, path: Path, step: int) -> None:
@@ -82,9 +120,6 @@ def log_image(accelerator: Accelerator, name: str, path: Path, step: int) -> Non
             tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")
 
 
-LOWER_IS_BETTER = ("w1", "fid", "kid", "fd", "frechet", "distance")
-
-
 def summarise(records: list[dict]) -> dict[str, dict[str, float]]:
     """Last and best value (and the step of the best) of every eval_* metric over a run's metrics records."""
     out: dict[str, dict[str, float]] = {}
@@ -92,7 +127,7 @@ def summarise(records: list[dict]) -> dict[str, dict[str, float]]:
         for key, value in record.items():
             if not key.startswith("eval_"):
                 continue
-            lower = any(word in key for word in LOWER_IS_BETTER)
+            lower = _lower_is_better(key)
             entry = out.setdefault(key, {"last": value, "best": value, "best_step": record["step"]})
             entry["last"] = value
             if (value < entry["best"]) if lower else (value > entry["best"]):
@@ -104,11 +139,52 @@ def write_summary(accelerator: Accelerator, run_dir: Path) -> None:
     """summary.json (last and best of each evaluation metric) in the run folder, and the same in the W&B summary."""
     if not accelerator.is_main_process:
         return
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    summary = summarise([json.loads(line) for line in lines if line.strip()])
+    summary = summarise(read_records(run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for tracker in accelerator.trackers:
         if tracker.name == "wandb":
             for key, entry in summary.items():
                 tracker.tracker.summary[f"{key}_best"] = entry["best"]
                 tracker.tracker.summary[f"{key}_last"] = entry["last"]
+
+
+def log_checkpoint(accelerator: Accelerator, cfg: Config, ckpt: Path, step: int, run_dir: Path) -> None:
+    """The checkpoint's exported generator (log.artifacts=checkpoint: and the whole folder) as W&B artifacts with the
+    aliases latest, step-N and, when this step's evaluation is the run's best so far, best. Main process only."""
+    if cfg.log.artifacts == "none" or not accelerator.is_main_process:
+        return
+    for tracker in accelerator.trackers:
+        if tracker.name != "wandb":
+            continue
+        import wandb
+
+        from trainer.run.checkpoint import EXPORT_FILE
+
+        run = tracker.tracker
+        scores, best = evaluation_at(run_dir, step)
+        aliases = ["latest", f"step-{step}", *(["best"] if best else [])]
+        metadata = {"step": step, "checkpoint": ckpt.name, **scores}
+        generator = wandb.Artifact(f"generator-{run.id}", type="model", metadata=metadata)
+        generator.add_file(str(ckpt / EXPORT_FILE), name=EXPORT_FILE)
+        generator.add_file(str(ckpt / "config.yaml"), name="config.yaml")
+        run.log_artifact(generator, aliases=aliases)
+        if cfg.log.artifacts == "checkpoint":
+            full = wandb.Artifact(f"checkpoint-{run.id}", type="checkpoint", metadata=metadata)
+            full.add_dir(str(ckpt))
+            run.log_artifact(full, aliases=aliases)
+
+
+def evaluation_at(run_dir: Path, step: int) -> tuple[dict[str, float], bool]:
+    """The eval_* values logged at `step` (metrics.jsonl), and whether the run's primary one (BEST_KEYS) is at its
+    best there over the steps so far."""
+    records = [r for r in read_records(run_dir) if r["step"] <= step]
+    scores = {k: v for r in records if r["step"] == step for k, v in r.items() if k.startswith("eval_")}
+    summary = summarise(records)
+    key = next((k for k in BEST_KEYS if k in summary), None)
+    return scores, key is not None and key in scores and summary[key]["best_step"] == step
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
