@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import sys
 
@@ -43,6 +44,9 @@ def test_bench_against_the_reference_writes_every_field(tmp_path):
     out = tmp_path / "bench.json"
     proc = ok(run_cmd([sys.executable, "-m", "trainer.bench", *TINY_BENCH, "--out", str(out)]))
     assert "trainer vs reference" in proc.stdout and "GFLOP per step" in proc.stdout
+    for line in proc.stdout.splitlines()[2:12]:  # the table: a label, then one cell per contender, never glued
+        if line.startswith(("critic/penalty/gen ms", "generator it/s", "peak memory MB")):
+            assert len(re.split(r"\s{2,}", line.strip())) == 3, line
     res = json.loads(out.read_text())
     assert set(res) == TOP_FIELDS | {"trainer", "reference"} and res["contenders"] == ["trainer", "reference"]
     for side in (res["trainer"], res["reference"]):

@@ -39,7 +39,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--synthetic", type=int, default=0, help="N random uint8 images instead of data.name's")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for the fraction; 0 = table")
     parser.add_argument("--against", default="", help="'k=v ...': race the trainer with these overrides instead")
-    parser.add_argument("--out", default="bench.json", help="JSON result file")
+    parser.add_argument("--out", default="runs/bench/bench.json", help="JSON result file (default runs/bench/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -215,15 +215,18 @@ ROWS = [
 
 
 def print_table(res: dict) -> None:
+    """The two contenders side by side; every column is at least two spaces wider than its widest cell."""
     sides = [res[name] for name in res["contenders"]]
-    print(f"device {res['device']} ({res['threads']} threads), trainer precision {res['precision']}")
-    print(f"{'':26}" + "".join(f"{name:>24}" for name in res["contenders"]))
-    for label, key, fmt, scale in ROWS:
-        print(f"{label:26}" + "".join(f"{fmt.format(s[key] * scale):>24}" for s in sides))
+    rows = [(label, [fmt.format(s[key] * scale) for s in sides]) for label, key, fmt, scale in ROWS]
     split = [" / ".join(f"{s['time_split_ms'][k]:.1f}" for k in ("critic", "penalty", "generator")) for s in sides]
-    print(f"{'critic/penalty/gen ms':26}" + "".join(f"{text:>24}" for text in split))
+    rows.append(("critic/penalty/gen ms", split))
     if res["peak_tflops"]:
-        print(f"{'fraction of peak':26}" + "".join(f"{s['fraction_of_peak']:>24.1%}" for s in sides))
+        rows.append(("fraction of peak", [f"{s['fraction_of_peak']:.1%}" for s in sides]))
+    width = max(len(cell) for _, cells in [("", res["contenders"]), *rows] for cell in cells) + 2
+    print(f"device {res['device']} ({res['threads']} threads), trainer precision {res['precision']}")
+    for label, cells in [("", res["contenders"]), *rows]:
+        print(f"{label:26}" + "".join(f"{cell:>{width}}" for cell in cells))
+    if res["peak_tflops"]:
         print(f"  peak {res['peak_tflops']} TFLOP/s: {res['peak_basis']}")
     b, ratio, of_medians, cpu = res["contenders"][1], res["speedup"], res["speedup_of_medians"], res["speedup_cpu_time"]
     print(

@@ -84,7 +84,7 @@ class SafeImages(Dataset):
 
 
 def _missing(name: str, where: Path, fix: str) -> TrainerError:
-    problem = f"no usable copy in {where} (missing, or failing torchvision's checks)"
+    problem = f"the dataset was not found in {where} (missing, or failing torchvision's checks)"
     return TrainerError(f"data.name={name}: {problem}. {fix}")
 
 

@@ -1,0 +1,86 @@
+"""A newcomer's first hour: the slips people make, the launcher's noise, and what --print-config shows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from conftest import ROOT, TINY, _env, python_train, read_metrics, run_cmd
+
+ACCELERATE_Q = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file", "launch/cpu.yaml"]
+
+
+def test_a_config_file_without_the_flag_says_to_add_it() -> None:
+    proc = python_train("configs/mnist-dcgan.yaml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[0] == (
+        "error: 'configs/mnist-dcgan.yaml' looks like a config file, but config files come after --config: "
+        "train.py --config configs/mnist-dcgan.yaml [key=value ...]."
+    )
+
+
+def test_print_config_shows_the_optimizer_values_null_stands_for() -> None:
+    """The paper defaults of each loss (Gulrajani et al.: Adam 1e-4, betas (0, 0.9); DCGAN: Adam 2e-4, (0.5, 0.999))."""
+    default = python_train("--print-config")
+    gan = python_train("--config", "configs/mnist-gan.yaml", "--print-config")
+    assert default.returncode == 0 and gan.returncode == 0
+    assert yaml.safe_load(default.stdout)["optim"]["lr_d"] is None  # the file itself keeps null: resumes compare it
+    assert "#   optim.name: adam\n#   optim.lr_d: 0.0001\n#   optim.lr_g: 0.0001\n#   optim.betas: [0.0, 0.9]" in (
+        default.stdout
+    )
+    assert "#   optim.lr_d: 0.0002" in gan.stdout and "#   optim.betas: [0.5, 0.999]" in gan.stdout
+
+
+def test_accelerate_launch_quiet_gives_the_error_alone() -> None:
+    """Through the real launcher with launch/cpu.yaml and -q: the one error line, no Accelerate warning, no
+    traceback; Accelerate's quiet mode exits 1 (python train.py exits 2 for the same error)."""
+    proc = run_cmd([*ACCELERATE_Q, "train.py", "model.nme=toy"])
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key 'model.nme' (from override 'model.nme=toy'). Did you mean model.name, model.z_dim, "
+        "model.width? Valid keys here: name, z_dim, width, conditional."
+    ]
+    assert python_train("model.nme=toy").returncode == 2
+
+
+def _start(cmd: list[str], run_dir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not ((run_dir / "metrics.jsonl").is_file() and len(read_metrics(run_dir)) >= 2):
+        assert time.time() < deadline and proc.poll() is None, "the run did not start"
+        time.sleep(0.2)
+    return proc
+
+
+def _checkpoints(run_dir: Path) -> list[str]:
+    return [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-")]
+
+
+def test_ctrl_c_under_python_train_py_is_clean(run_dir: Path) -> None:
+    """The README's one-process command: Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends
+    in a checkpoint, exit 75 and one line; the prompt returns after the checkpoint, no traceback."""
+    proc = _start([sys.executable, "train.py", f"run.dir={run_dir}", "train.steps=100000", *TINY], run_dir)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75 and "Traceback" not in err and len(_checkpoints(run_dir)) == 1
+    assert sum(line.startswith("[wgan-gp] stopped by SIGINT at step") for line in err.splitlines()) == 1
+
+
+def test_ctrl_c_under_accelerate_launch_still_checkpoints(run_dir: Path) -> None:
+    """Accelerate's one-process launcher dies of the Ctrl-C itself (KeyboardInterrupt: README, Usage); its worker
+    still finishes the step and writes the checkpoint, so nothing is lost."""
+    proc = _start([*ACCELERATE_Q, "train.py", f"run.dir={run_dir}", "train.steps=100000", *TINY], run_dir)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=300)
+    deadline = time.time() + 120
+    while not _checkpoints(run_dir):  # the worker, now orphaned, writes it shortly after
+        assert time.time() < deadline, "no checkpoint after Ctrl-C"
+        time.sleep(0.2)
+    assert proc.returncode != 0
