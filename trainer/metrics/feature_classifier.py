@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from trainer.data.batches import to_unit_range
+from trainer.data.mnist5k import load_mnist5k
 from trainer.data.registry import load_digits_uint8, load_torchvision_uint8, resize_uint8
 from trainer.metrics.moments import Moments
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
-VERSION = 1  # part of the cache file name: bump when the network or its training changes
+DATASETS = ("digits", "mnist", "fashion-mnist", "mnist5k")
+VERSION = 2  # part of the cache file name: bump when the network, its training or the cached statistics change
+MAX_REAL_FEATURES = 10_000  # real feature vectors kept for precision/recall and density/coverage
 CLASSES, FEATURES = 10, 128
 SEED, TEST_SHARE, BATCH, LR = 0, 1 / 6, 64, 2e-3
 MIN_EPOCHS, MIN_STEPS = 3, 500  # trains for whichever is longer (digits: 500 steps, MNIST: 3 epochs)
@@ -46,12 +49,34 @@ class FeatureClassifier(nn.Module):
 
 @dataclass
 class Reference:
-    """What the cache holds: the trained classifier, the real images' feature statistics, its test accuracy."""
+    """What the cache holds: the trained classifier, the real images' feature statistics, its test accuracy.
+
+    real_features: the features of up to MAX_REAL_FEATURES real images (a fixed seeded subset), for the k-NN metrics;
+    real_count: how many real images the mean and covariance are over.
+    """
 
     model: FeatureClassifier
     real_mean: Tensor
     real_cov: Tensor
     accuracy: float
+    real_features: Tensor
+    real_count: int
+
+    def weights_sha256(self) -> str:
+        """sha256 of the classifier's tensors (names and float32 bytes, in name order): which extractor it was."""
+        return tensors_sha256({k: v.float() for k, v in self.model.state_dict().items()})
+
+    def reference_sha256(self) -> str:
+        """sha256 of the real statistics it compares with (mean, covariance, kept features)."""
+        return tensors_sha256({"mean": self.real_mean, "cov": self.real_cov, "features": self.real_features})
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -69,6 +94,8 @@ def load_labelled(dataset: str, root: str, image_size: int) -> tuple[Tensor, Ten
         from sklearn.datasets import load_digits
 
         images, labels = load_digits_uint8(), torch.from_numpy(load_digits().target)
+    elif dataset == "mnist5k":
+        images, labels = load_mnist5k("train")
     else:
         from torchvision import datasets
 
@@ -111,23 +138,32 @@ def feature_moments(model: FeatureClassifier, images: Tensor) -> Moments:
     return moments
 
 
+@torch.no_grad()
+def kept_features(model: FeatureClassifier, images: Tensor) -> Tensor:
+    """Features of up to MAX_REAL_FEATURES real images: a fixed (seed 0) random subset when there are more."""
+    chosen = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(SEED))[:MAX_REAL_FEATURES]
+    return torch.cat([model(to_unit_range(images[part]))[0] for part in chosen.sort().values.split(1000)])
+
+
 def save_reference(ref: Reference, path: Path) -> None:
     """Written to a temporary name and renamed, so a concurrent reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.contiguous() for k, v in ref.model.state_dict().items()}
     tensors.update(real_mean=ref.real_mean.contiguous(), real_cov=ref.real_cov.contiguous())
+    tensors.update(real_features=ref.real_features.contiguous())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"test_accuracy": repr(ref.accuracy), "version": str(VERSION)})
+    metadata = {"test_accuracy": repr(ref.accuracy), "version": str(VERSION), "real_count": str(ref.real_count)}
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
 def load_reference(path: Path) -> Reference:
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-        accuracy = float(f.metadata()["test_accuracy"])
+        accuracy, count = float(f.metadata()["test_accuracy"]), int(f.metadata()["real_count"])
     model = FeatureClassifier()
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    return Reference(model.eval(), tensors["real_mean"], tensors["real_cov"], accuracy)
+    return Reference(model.eval(), tensors["real_mean"], tensors["real_cov"], accuracy, tensors["real_features"], count)
 
 
 def load_or_train(dataset: str, root: str, image_size: int, cache_dir: Optional[str] = None) -> Reference:
@@ -144,7 +180,7 @@ def load_or_train(dataset: str, root: str, image_size: int, cache_dir: Optional[
     images, labels = load_labelled(dataset, root, image_size)
     model, accuracy = train_classifier(images, labels)
     mean, cov = feature_moments(model, images).mean_cov()
-    ref = Reference(model, mean, cov, accuracy)
+    ref = Reference(model, mean, cov, accuracy, kept_features(model, images), images.shape[0])
     save_reference(ref, path)
     print(
         f"[wgan-gp] trained the {dataset} {image_size}px feature classifier: test accuracy {accuracy:.4f}; "
