@@ -105,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders (hold metrics.jsonl)")
     parser.add_argument("--metric", nargs="+", default=["wasserstein"], metavar="KEY", help="metric keys to draw")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare.png"), help="PNG to write (default runs/compare.png)")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare.png"), help="PNG to write")
     args = parser.parse_args(argv)
     try:
         if args.out.suffix.lower() != ".png":

@@ -12,12 +12,13 @@ from accelerate.utils import AutocastKwargs, InitProcessGroupKwargs
 from torch import Tensor, nn
 
 from trainer.accel import zero as deepspeed_support
-from trainer.config import Config
+from trainer.config import COMPILE_BACKENDS, Config
 from trainer.errors import TrainerError
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
     """An Accelerator for this launch; refuses a launch whose WORLD_SIZE differs from the processes that joined."""
+    launcher_flags(cfg)
     cpu = cfg.train.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     tracker = None if cfg.log.tracker == "none" else cfg.log.tracker
     # A collective that waits longer than this for a dead or hung process raises instead of hanging the job.
@@ -42,6 +43,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
         project_dir=cfg.run.dir,
         kwargs_handlers=handlers,
         deepspeed_plugins=plugins,
+        dynamo_backend="no",  # --dynamo_backend became speed.compile (launcher_flags): Accelerate compiles nothing
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:
@@ -57,7 +59,62 @@ def make_accelerator(cfg: Config) -> Accelerator:
         # `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise; on a CPU that leaves cores idle.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
         torch.set_num_threads(cfg.train.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+        busy = busy_cpu_warning(torch.get_num_threads(), cfg.train.cpu_threads)
+        if busy and accelerator.is_main_process:
+            print(busy, flush=True)
     return accelerator
+
+
+def busy_cpu_warning(threads: int, requested: int) -> str:
+    """A warning when other work already keeps this machine's cores busy and the thread count was left to us.
+
+    The count is not lowered automatically: it changes the float32 summation order, so a run's numbers would then
+    depend on the load at its start (a resume could not match). Measured on 2 cores at load 5: 2 threads per process
+    ran 4-10x slower than 1 (README: Measured).
+    """
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if requested or threads == 1 or load < cores:
+        return ""
+    return (
+        f"[wgan-gp] warning: this CPU is busy (load average {load:.1f} on {cores} cores); {threads} torch threads per "
+        f"process can run several times slower than 1 under contention: set train.cpu_threads=1 (or fewer processes)."
+    )
+
+
+def launcher_flags(cfg: Config) -> None:
+    """`accelerate launch` flags that reach the script as ACCELERATE_* variables: --dynamo_backend X becomes
+    speed.compile=true speed.compile_backend=x (what the README's speed options describe: G and the critic's main pass
+    compiled, the penalty eager); gradient accumulation is refused (see the message)."""
+    steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").strip().lower()
+    if steps not in ("1", "auto", ""):
+        raise TrainerError(
+            f"--gradient_accumulation_steps {steps} (ACCELERATE_GRADIENT_ACCUMULATION_STEPS) is not supported: each "
+            f"critic and generator update here is one backward of one batch (the penalty's double backward, the "
+            f"non-finite guard and the CUDA graph see whole updates), and Accelerate would silently divide every loss "
+            f"by {steps}. No critic has batch statistics, so a {steps}-times batch is the same update: set "
+            f"train.batch_size (and train.batch_size_g) {steps} times larger, or use more processes, and drop the flag."
+        )
+    backend = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no").strip().lower()
+    if backend == "no":
+        return
+    flag = f"--dynamo_backend {backend}"
+    if backend not in COMPILE_BACKENDS:
+        raise TrainerError(
+            f"{flag} cannot be used: this trainer compiles with speed.compile, whose backends are "
+            f"{', '.join(COMPILE_BACKENDS)}. Pass one of those (or --dynamo_backend no) to accelerate launch."
+        )
+    mode = os.environ.get("ACCELERATE_DYNAMO_MODE", "default")
+    if mode not in ("default", ""):
+        raise TrainerError(f"{flag} --dynamo_mode {mode}: only the default mode is mapped; drop --dynamo_mode.")
+    if cfg.speed.cuda_graph:
+        raise TrainerError(f"{flag} cannot run with speed.cuda_graph=true (compiled code and a graph do not mix).")
+    if cfg.speed.compile and cfg.speed.compile_backend != backend:
+        raise TrainerError(
+            f"{flag} contradicts speed.compile_backend={cfg.speed.compile_backend}; keep one of the two."
+        )
+    cfg.speed.compile, cfg.speed.compile_backend = True, backend
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[wgan-gp] {flag}: speed.compile=true speed.compile_backend={backend}", flush=True)
 
 
 def prepare_pair(

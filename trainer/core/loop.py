@@ -121,7 +121,7 @@ def maybe_evaluate(t: Training, step: int, last: bool) -> dict[str, float]:
     from trainer.metrics.evaluate import evaluate
 
     scores = evaluate(t.ema.model if t.ema is not None else t.state.generator, t.cfg, t.accelerator)
-    return {f"eval_{key}": value for key, value in scores.items()}
+    return {**{f"eval_{key}": value for key, value in scores.items()}, "provenance": scores.provenance}
 
 
 def log_metrics(t: Training, step: int, clock: tuple[float, int], metrics: MetricsFile, scores: dict) -> dict:
@@ -135,7 +135,7 @@ def log_metrics(t: Training, step: int, clock: tuple[float, int], metrics: Metri
     record.update(lr_d=float(t.opt_d.param_groups[0]["lr"]), lr_g=float(t.opt_g.param_groups[0]["lr"]))
     metrics.write(record)
     if t.cfg.log.tracker != "none":
-        t.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        t.accelerator.log({k: v for k, v in record.items() if k != "step" and not isinstance(v, dict)}, step=step)
     return record
 
 
@@ -179,7 +179,14 @@ def announce(t: Training, run_dir: Path, resume_from: Optional[Path]) -> None:
         where = f"resuming from {resume_from} at step {step}" if resume_from else "fresh run"
         print(
             f"[wgan-gp] {where}; run folder {run_dir}; {accelerator.num_processes} process(es) on "
-            f"{accelerator.device.type}, precision {accelerator.mixed_precision}; generator "
+            f"{accelerator.device.type}{_threads(accelerator)}, precision {accelerator.mixed_precision}; generator "
             f"{parameter_count(t.state.generator):,} params, critic {parameter_count(t.state.critic):,} params",
             flush=True,
         )
+
+
+def _threads(accelerator) -> str:
+    """On CPU: the torch threads each process uses, and the key that sets them."""
+    if accelerator.device.type != "cpu":
+        return ""
+    return f" ({torch.get_num_threads()} torch threads each; train.cpu_threads sets it)"
