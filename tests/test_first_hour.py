@@ -84,3 +84,18 @@ def test_ctrl_c_under_accelerate_launch_still_checkpoints(run_dir: Path) -> None
         assert time.time() < deadline, "no checkpoint after Ctrl-C"
         time.sleep(0.2)
     assert proc.returncode != 0
+
+
+def test_a_busy_cpu_is_named_with_the_fix(monkeypatch) -> None:
+    from trainer.accel import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (4.7, 4.0, 3.0))
+    assert runtime.busy_cpu_warning(2, 0) == (
+        "[wgan-gp] warning: this CPU is busy (load average 4.7 on 2 cores); 2 torch threads per process can run "
+        "several times slower than 1 under contention: set train.cpu_threads=1 (or fewer processes)."
+    )
+    assert runtime.busy_cpu_warning(2, 2) == ""  # the user chose
+    assert runtime.busy_cpu_warning(1, 0) == ""  # nothing to lower
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert runtime.busy_cpu_warning(2, 0) == ""  # idle
