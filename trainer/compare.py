@@ -58,6 +58,34 @@ def check_metrics(runs: dict[str, Records], metrics: list[str]) -> None:
         )
 
 
+def provenance_warnings(runs: dict[str, Records], metrics: list[str]) -> list[str]:
+    """Why the runs' eval_ numbers are not comparable: per metric family, each provenance field (extractor, its
+    weights' sha256, resize, sample counts, reference statistics' hash) on which the runs' last evaluations differ."""
+    if not any(m.startswith("eval_") for m in metrics):
+        return []
+    last = {
+        label: next((r["provenance"] for r in reversed(recs) if "provenance" in r), None)
+        for label, recs in runs.items()
+    }
+    lines = [f"{label}: no evaluation provenance recorded (an older run): comparability unknown"
+             for label, p in last.items() if p is None]  # fmt: skip
+    known = {label: p for label, p in last.items() if p is not None}
+    for family in sorted({f for p in known.values() for f in p}):
+        fields = sorted({k for p in known.values() for k in p.get(family, {})})
+        for field in fields:
+            values = {label: p.get(family, {}).get(field) for label, p in known.items()}
+            if len({json.dumps(v) for v in values.values()}) > 1:
+                shown = ", ".join(f"{label}={_short(v)}" for label, v in values.items())
+                lines.append(f"eval_ numbers not comparable: {family} {field} differs ({shown})")
+    return lines
+
+
+def _short(value: object) -> str:
+    """A sha256 as its first 12 hex digits; anything else as text, cut at 60 characters."""
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text[:60]
+
+
 def plot(runs: dict[str, Records], metrics: list[str], out: Path) -> None:
     import matplotlib
 
@@ -112,6 +140,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise TrainerError(f"--out {args.out}: the file must end in .png.")
         runs = dict(zip(labels_for(args.run_dirs), (read_run(d) for d in args.run_dirs), strict=True))
         check_metrics(runs, args.metric)
+        for warning in provenance_warnings(runs, args.metric):
+            print(f"warning: {warning}", file=sys.stderr)
         try:
             plot(runs, args.metric, args.out)
         except OSError as err:
