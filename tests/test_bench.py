@@ -29,6 +29,7 @@ SIDE_FIELDS = {
 TOP_FIELDS = {
     "speedup", "speedup_of_medians", "speedup_cpu_time", "contenders", "against", "device", "precision", "threads",
     "world_size", "peak_tflops", "peak_basis", "peak_mem_basis", "rounds", "warmup_steps", "synthetic_images", "config",
+    "scaling",
 }  # fmt: skip
 
 
@@ -61,6 +62,25 @@ def test_bench_against_the_reference_writes_every_field(tmp_path):
     assert 0.97 * r <= t <= r
     assert res["device"] == "cpu" and res["peak_tflops"] is None and res["trainer"]["fraction_of_peak"] is None
     assert res["config"]["model"]["width"] == 8 and res["threads"] == 1
+
+
+def test_bench_under_torchrun_reports_each_process_and_the_scaling(tmp_path):
+    """2 gloo processes against a 1-process result of the same config: per-process it/s, their sum in images/s and
+    the weak-scaling efficiency, recomputed here from the two JSON files."""
+    one, two = tmp_path / "1.json", tmp_path / "2.json"
+    ok(run_cmd([sys.executable, "-m", "trainer.bench", *TINY_BENCH, "--out", str(one)]))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*launch, "-m", "trainer.bench", *TINY_BENCH, "--baseline", str(one), "--out", str(two)]
+    proc = ok(run_cmd(cmd, env={"ACCELERATE_USE_CPU": "1"}))
+    single, double = json.loads(one.read_text()), json.loads(two.read_text())
+    s = double["scaling"]
+    assert double["world_size"] == 2 and len(s["per_rank_gen_it_per_s"]) == 2
+    assert s["per_rank_gen_it_per_s"][0] == pytest.approx(double["trainer"]["gen_it_per_s"])
+    assert s["aggregate_critic_img_per_s"] == pytest.approx(sum(s["per_rank_gen_it_per_s"]) * 2 * 16)
+    assert s["efficiency"] == pytest.approx(sum(s["per_rank_gen_it_per_s"]) / 2 / single["trainer"]["gen_it_per_s"])
+    assert "2 processes: it/s per process" in proc.stdout and "efficiency" in proc.stdout
+    bad = run_cmd([sys.executable, "-m", "trainer.bench", *TINY_BENCH, "train.n_critic=3", "--baseline", str(one)])
+    assert bad.returncode == 2 and "is not a 1-process run of this config" in bad.stderr
 
 
 def test_bench_on_synthetic_mnist_shaped_data_against_a_trainer_variant(tmp_path, capsys):

@@ -40,6 +40,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for the fraction; 0 = table")
     parser.add_argument("--against", default="", help="'k=v ...': race the trainer with these overrides instead")
     parser.add_argument("--out", default="runs/bench/bench.json", help="JSON result file (default runs/bench/)")
+    parser.add_argument("--baseline", help="a 1-process bench JSON of the same config: report scaling efficiency")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -199,7 +200,38 @@ def result(cfg: Config, args: argparse.Namespace, trainer: TrainerStep, contende
         "warmup_steps": args.warmup,
         "synthetic_images": args.synthetic,
         "config": to_dict(cfg),
+        "scaling": scaling(a, cfg, load_baseline(args.baseline, cfg)),
     }
+
+
+def load_baseline(path: Optional[str], cfg: Config) -> Optional[dict]:
+    """The 1-process result --baseline names, refused unless it ran this very config."""
+    if not path:
+        return None
+    try:
+        single = json.loads(Path(path).read_text())
+        same = single["world_size"] == 1 and single["config"] == to_dict(cfg)
+    except (OSError, ValueError, KeyError) as err:
+        raise TrainerError(f"--baseline {path} cannot be read as a bench result ({err}).") from None
+    if not same:
+        raise TrainerError(f"--baseline {path} is not a 1-process run of this config: rerun it without torchrun.")
+    return single
+
+
+def scaling(trainer: Contender, cfg: Config, baseline: Optional[dict]) -> dict:
+    """Every process's own throughput (collective: all processes call it), their sum, and with a 1-process result
+    of the same config the weak-scaling efficiency: mean per-process it/s over the single process's it/s."""
+    mine = 1 / statistics.median(trainer.seconds_per_step)
+    per_rank = [mine]
+    if torch.distributed.is_initialized():
+        per_rank = [0.0] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(per_rank, mine)
+    images = cfg.train.n_critic * cfg.train.batch_size
+    out = {"per_rank_gen_it_per_s": per_rank, "aggregate_critic_img_per_s": sum(per_rank) * images}
+    if baseline:
+        one = baseline["trainer"]["gen_it_per_s"]
+        out.update(baseline_gen_it_per_s=one, efficiency=statistics.mean(per_rank) / one)
+    return out
 
 
 ROWS = [
@@ -232,6 +264,14 @@ def print_table(res: dict) -> None:
     print(
         f"trainer vs {b}: {ratio:.2f}x (median of per-round ratios; {of_medians:.2f}x of medians; CPU time {cpu:.2f}x)"
     )
+    s = res["scaling"]
+    if len(s["per_rank_gen_it_per_s"]) > 1 or "efficiency" in s:
+        ranks = ", ".join(f"{x:.2f}" for x in s["per_rank_gen_it_per_s"])
+        line = f"{len(s['per_rank_gen_it_per_s'])} processes: it/s per process {ranks}; "
+        line += f"{s['aggregate_critic_img_per_s']:.0f} critic images/s in all"
+        if "efficiency" in s:
+            line += f"; efficiency {s['efficiency']:.1%} of the 1-process {s['baseline_gen_it_per_s']:.2f} it/s"
+        print(line)
 
 
 def contenders_for(cfg: Config, args: argparse.Namespace, images: torch.Tensor) -> tuple[TrainerStep, list]:
@@ -262,6 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         cfg = configure(args.config, tuple(args.overrides))
+        load_baseline(args.baseline, cfg)  # refused before any work
         trainer, contenders = contenders_for(cfg, args, bench_images(cfg, args.synthetic))
     except TrainerError as err:
         print(f"error: {err}", file=sys.stderr)
