@@ -46,6 +46,7 @@ class DataConfig:
     crop_size: int = 0  # side of the centred square in source pixels before resizing; 0 = the shorter side
     flip: bool = False  # random horizontal flips (a fixed coin per seed, epoch and image); False = none
     num_workers: int = 4  # DataLoader worker processes per process for streamed datasets; 0 = load in the main one
+    augment: str = ""  # DiffAugment policy before the critic, e.g. color,translation,cutout (real and fake); "" = none
 
 
 @dataclass

@@ -15,6 +15,7 @@ from trainer.accel.runtime import fp32_forward, prepare_pair, raw_module
 from trainer.accel.speed import adam_flags, apply_speed, critic_backward_kwargs, joint_forward
 from trainer.accel.timer import PhaseTimer
 from trainer.config import Config
+from trainer.core.augment import diff_augment
 from trainer.core.ema import EMA
 from trainer.core.guard import NonFiniteGuard
 from trainer.core.inputs import Draws
@@ -96,6 +97,7 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
         objective=objective,
         update_critic=Update(opt_d, critic, backward_d, guard, partial(objective.after_critic_update, critic_raw)),
         update_generator=Update(opt_g, generator, accelerator.backward, guard),
+        augment=diff_augment(cfg.data.augment),  # identity unless data.augment names a DiffAugment policy
     )
     batch_g = cfg.train.batch_size_g or cfg.train.batch_size
     inputs = Draws(

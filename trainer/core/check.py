@@ -10,6 +10,7 @@ from typing import Optional
 
 from trainer.accel import zero
 from trainer.config import Config, _choice, load_config
+from trainer.core.augment import POLICIES, parse_policy
 from trainer.core.losses import LOSSES
 from trainer.core.schedule import SCHEDULES
 from trainer.data.files import CROPS
@@ -31,6 +32,7 @@ def check(cfg: Config) -> None:
     _choice("loss.name", cfg.loss.name, list(LOSSES))  # in the registry's order: the paper's first
     _choice("data.crop", cfg.data.crop, CROPS)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _check_augment(cfg)
     optimizer = cfg.optim.name or LOSSES[cfg.loss.name].optimizer
     if cfg.speed.fused_adam is True and optimizer != "adam":
         raise TrainerError(
@@ -50,6 +52,21 @@ def check(cfg: Config) -> None:
     if cfg.model.conditional:
         _check_conditional(cfg)
     _check_compatible(cfg, DATASETS[cfg.data.name], PRESETS[cfg.model.name])
+
+
+def _check_augment(cfg: Config) -> None:
+    """data.augment: DiffAugment policy names, on image data only."""
+    for name in parse_policy(cfg.data.augment):
+        if name not in POLICIES:
+            raise TrainerError(
+                f"data.augment={cfg.data.augment!r}: '{name}' is not a DiffAugment policy. Use a comma-separated "
+                f"subset of {', '.join(POLICIES)}, e.g. data.augment=color,translation,cutout, or leave it empty."
+            )
+    if parse_policy(cfg.data.augment) and DATASETS[cfg.data.name].is_toy:
+        raise TrainerError(
+            f"data.augment={cfg.data.augment} augments images, but data.name={cfg.data.name} is 2-D toy data. "
+            f"Drop data.augment."
+        )
 
 
 def _check_conditional(cfg: Config) -> None:

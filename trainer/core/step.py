@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from trainer.core.augment import identity
 from trainer.core.guard import NonFiniteGuard
 from trainer.core.losses import CriticBatch, Objective, Stats
 
@@ -53,6 +54,7 @@ class TrainState:
     objective: Objective
     update_critic: Update
     update_generator: Update
+    augment: Callable[[Tensor], Tensor] = identity  # DiffAugment on every critic input (data.augment); default none
     step: int = 0  # generator steps done
 
 
@@ -60,6 +62,7 @@ def critic_step(s: TrainState, real: Tensor, labels: Optional[Tensor], z: Tensor
     """Algorithm 1, lines 3-9: one critic update on a real batch, fakes G(z) and one eps per sample."""
     with torch.no_grad():  # conditional: the fakes take the real batch's labels, as the paper's AC-GAN code
         fake = s.sample(z, labels).float()
+    real, fake = s.augment(real), s.augment(fake)  # the critic sees both augmented; x_hat mixes the augmented pair
     d_real, d_fake, logits_real, logits_fake = s.scores(real, fake)
     batch = CriticBatch(real, fake, eps, labels, d_real, d_fake, logits_real, logits_fake)
     loss, stats = s.objective.critic_loss(batch)  # E[D(fake)] - E[D(real)] + lambda * GP (+ the loss's options)
@@ -70,7 +73,7 @@ def critic_step(s: TrainState, real: Tensor, labels: Optional[Tensor], z: Tensor
 def generator_step(s: TrainState, z: Tensor, labels: Optional[Tensor]) -> Stats:
     """Algorithm 1, lines 11-12: one generator update through the critic, whose weights take no gradient."""
     with frozen(s.critic):
-        d_fake, logits = s.critic(s.generator(z, labels), with_classes=True)
+        d_fake, logits = s.critic(s.augment(s.generator(z, labels)), with_classes=True)
         loss = s.objective.generator_loss(d_fake.float(), logits, labels)  # -E[D(G(z))]
         s.update_generator(loss)
     return {"loss_g": loss}
