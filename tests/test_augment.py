@@ -115,3 +115,5 @@ def test_training_with_diffaugment_and_bad_policies(tmp_path) -> None:
     toy = ["data.name=8gaussians", "model.name=toy", "data.augment=color"]
     bad = python_train(f"run.dir={tmp_path / 'd'}", *args, *toy)
     assert bad.returncode == 2 and "2-D toy data" in bad.stderr
+    bad = python_train(f"run.dir={tmp_path / 'e'}", *args, "data.augment=cutout", "speed.cuda_graph=true")
+    assert bad.returncode == 2 and "cannot run with speed.cuda_graph=true yet" in bad.stderr
