@@ -17,7 +17,7 @@ from trainer.nets.layers import (
     init_conv,
     init_linear,
 )
-from trainer.nets.resnet import resnet32_pair, resnet64_pair
+from trainer.nets.resnet import resnet32_pair, resnet64_pair, resnet128_pair
 
 
 class Generator(nn.Module):
@@ -161,6 +161,7 @@ PRESETS: dict[str, Preset] = {
     "resnet32": Preset(resnet32_pair, False, (32,), conditional=True),  # CIFAR-10 ResNet (Inception scores, Table 3)
     "resnet64": Preset(resnet64_pair, False, (64,), conditional=True),  # gan_64x64.py's Good* ResNet pair
     "dcgan64": Preset(dcgan64_pair, False, (64,), conditional=True),  # DCGAN row of the LSUN comparison (Figure 2)
+    "resnet128": Preset(resnet128_pair, False, (128,)),  # resnet64 one level deeper, for image folders (not the paper)
 }
 
 

@@ -1,4 +1,5 @@
-"""The paper's ResNet pairs (gan_cifar_resnet.py for CIFAR-10 32x32, gan_64x64.py's Good* pair for 64x64)."""
+"""The paper's ResNet pairs (gan_cifar_resnet.py for CIFAR-10 32x32, gan_64x64.py's Good* pair for 64x64), and that
+64x64 pair one level deeper for 128x128."""
 
 from __future__ import annotations
 
@@ -118,6 +119,21 @@ def resnet64_pair(
     d = width or 64
     generator = resnet_generator(z_dim, [8 * d, 8 * d, 4 * d, 2 * d, d], channels, num_classes, "he", bias1=False)
     widths = [d, 2 * d, 4 * d, 8 * d, 8 * d]
+    blocks = [ResBlock(a, b, "down", layer_norm, bias1=False) for a, b in pairwise(widths)]
+    features = nn.Sequential(conv3x3(channels, d, "glorot"), *blocks, nn.Flatten())
+    return generator, ClassifierCritic(features, 4 * 4 * 8 * d, num_classes)
+
+
+def resnet128_pair(
+    z_dim: int, width: int, channels: int, size: int, num_classes: int = 0
+) -> tuple[ConditionalGenerator, ClassifierCritic]:
+    """resnet64's block pattern one level deeper (not in the paper): G 4x4x8d, up blocks 8d-8d-8d-4d-2d-d (five, to
+    128x128) with batch norm; critic conv3x3 to d, down blocks d-2d-4d-8d-8d-8d with layer norm, Linear(4*4*8d -> 1)."""
+    d = width or 64
+    generator = resnet_generator(
+        z_dim, [8 * d, 8 * d, 8 * d, 4 * d, 2 * d, d], channels, num_classes, "he", bias1=False
+    )
+    widths = [d, 2 * d, 4 * d, 8 * d, 8 * d, 8 * d]
     blocks = [ResBlock(a, b, "down", layer_norm, bias1=False) for a, b in pairwise(widths)]
     features = nn.Sequential(conv3x3(channels, d, "glorot"), *blocks, nn.Flatten())
     return generator, ClassifierCritic(features, 4 * 4 * 8 * d, num_classes)
