@@ -80,3 +80,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: long fuzz runs; skipped unless WGAN_GP_SLOW_TESTS=1 (CI runs a seeded subset)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if os.environ.get("WGAN_GP_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow fuzz: set WGAN_GP_SLOW_TESTS=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

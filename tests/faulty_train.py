@@ -3,12 +3,20 @@
 WGAN_GP_FAULT_NAN_AT=STEP[@RANK],...  the critic loss is NaN in generator step STEP (1-based) on every process,
                                       or on process RANK only
 WGAN_GP_FAULT_SLOW_SAVE=SECONDS       a checkpoint waits this long, complete but not yet renamed into place
+WGAN_GP_FAULT_KILL_AT=STEP:POINT      the process kill -9s itself at POINT of generator step STEP: `lock` (start-up,
+                                      run folder locked), `step` (after the step's update), `metrics` (half of the
+                                      step's metrics line written), `save` (inside the checkpoint write, after
+                                      Accelerate's files and one more), `publish` (complete, not yet renamed), `prune`
+                                      (while an old checkpoint is half deleted)
+WGAN_GP_FAULT_INF_WEIGHT_AT=STEP      a critic weight becomes +Inf after generator step STEP (a diverged update)
 WGAN_GP_EMULATE_CUDA_GRAPH=1          speed.cuda_graph on the CPU through tests/graph_emulation.py
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -57,6 +65,94 @@ def slow_save(seconds: float) -> None:
     checkpoint.publish = slowly
 
 
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_at(spec: str) -> None:
+    """Self-inflicted kill -9 at one chosen point (see the module docstring); the caller checks exit code -9."""
+    from trainer.core import loop
+    from trainer.run import checkpoint, folder, stats
+
+    step, point = int(spec.split(":")[0]), spec.split(":")[1]
+    saving = {"step": -1}
+    if point == "lock":
+        lock = folder.lock
+
+        def lock_then_die(run_dir):
+            lock(run_dir)
+            die()
+
+        folder.lock = lock_then_die
+    if point == "step":
+        train_step = loop.train_step
+
+        def step_then_die(t, eager=False):
+            train_step(t, eager)
+            if t.state.step == step:
+                die()
+
+        loop.train_step = step_then_die
+    if point == "metrics":
+        write = stats.MetricsFile.write
+
+        def half_line(self, record):
+            if record["step"] == step:
+                line = (json.dumps(record) + "\n").encode()
+                with open(self.path, "ab") as f:
+                    f.write(line[: len(line) // 2])
+                die()
+            write(self, record)
+
+        stats.MetricsFile.write = half_line
+    save, save_file, publish, prune = checkpoint.save, checkpoint.save_file, checkpoint.publish, checkpoint._prune
+
+    def noting_save(accelerator, run_dir, at, *args):
+        saving["step"] = at
+        return save(accelerator, run_dir, at, *args)
+
+    def file_then_die(tensors, path):
+        save_file(tensors, path)
+        if point == "save" and saving["step"] == step:
+            die()
+
+    def die_before(tmp, final):
+        if point == "publish" and saving["step"] == step:
+            die()
+        publish(tmp, final)
+
+    def half_prune(run_dir, keep):
+        old = checkpoint.list_checkpoints(run_dir)[:-keep] if keep else []
+        if point == "prune" and saving["step"] == step and old:
+            for f in sorted(old[0].iterdir())[::2]:
+                f.unlink()
+            die()
+        prune(run_dir, keep)
+
+    checkpoint.save, checkpoint.save_file, checkpoint.publish, checkpoint._prune = (
+        noting_save,
+        file_then_die,
+        die_before,
+        half_prune,
+    )
+
+
+def inf_weight_at(step: int) -> None:
+    import torch
+
+    from trainer.core import loop
+
+    train_step = loop.train_step
+
+    def poisoning_step(t, eager=False):
+        train_step(t, eager)
+        if t.state.step == step:
+            with torch.no_grad():
+                next(t.state.critic.parameters()).view(-1)[0] = float("inf")
+
+    loop.train_step = poisoning_step
+
+
 def emulate_cuda_graph() -> None:
     from graph_emulation import EmulatedBackend
 
@@ -70,6 +166,10 @@ if __name__ == "__main__":
         inject_nan(os.environ["WGAN_GP_FAULT_NAN_AT"])
     if os.environ.get("WGAN_GP_FAULT_SLOW_SAVE"):
         slow_save(float(os.environ["WGAN_GP_FAULT_SLOW_SAVE"]))
+    if os.environ.get("WGAN_GP_FAULT_KILL_AT"):
+        kill_at(os.environ["WGAN_GP_FAULT_KILL_AT"])
+    if os.environ.get("WGAN_GP_FAULT_INF_WEIGHT_AT"):
+        inf_weight_at(int(os.environ["WGAN_GP_FAULT_INF_WEIGHT_AT"]))
     if os.environ.get("WGAN_GP_EMULATE_CUDA_GRAPH") == "1":
         emulate_cuda_graph()
     from trainer.cli import main

@@ -170,15 +170,27 @@ def save(
             publish(tmp, final)
             _prune(run_dir, keep)
     except Exception as err:  # noqa: BLE001 - a full disk surfaces as OSError, SafetensorError or torch's RuntimeError
+        reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200]
+        if not isinstance(err, OSError) and _free_bytes(folder) < FULL:  # torch's and safetensors' writers say less
+            reason = f"No space left on device: {reason}"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200]
         raise TrainerError(
             f"writing checkpoint {final.name} into {folder} failed ({reason}); the earlier checkpoints are "
             f"untouched. Free space or fix permissions there, then continue with run.resume=latest."
         ) from None
     accelerator.wait_for_everyone()
     return final
+
+
+FULL = 1 << 20  # bytes left free on a disk that counts as full
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return FULL
 
 
 def publish(tmp: Path, final: Path) -> None:
