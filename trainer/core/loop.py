@@ -17,6 +17,7 @@ from trainer.config import Config, to_yaml
 from trainer.core.build import Training, batches_from_config, build
 from trainer.core.step import iteration
 from trainer.data.toys import TOYS
+from trainer.metrics.diagnostics import layer_gradients, share_above_one
 from trainer.nets.layers import class_rows
 from trainer.nets.models import parameter_count
 from trainer.run import checkpoint
@@ -73,7 +74,7 @@ def train_step(t: Training, eager: bool = False) -> None:
     if t.ema is not None:
         t.ema.update(t.state.sample)
     for record in records:
-        t.stats.add(record)
+        t.stats.add(record | share_above_one(record))
     t.state.step += 1
     t.guard.at_step = t.state.step
 
@@ -133,6 +134,7 @@ def log_metrics(t: Training, step: int, clock: tuple[float, int], metrics: Metri
     record.update(skipped_updates=t.guard.total, peak_mem_mb=peak_memory_mb(t.accelerator.device), **scores)
     record.update(imgs_per_s=images / max(seconds, 1e-9), world_size=world, time=time.time())
     record.update(lr_d=float(t.opt_d.param_groups[0]["lr"]), lr_g=float(t.opt_g.param_groups[0]["lr"]))
+    record.update(layer_gradients(t.state.critic, t.state.sample))
     metrics.write(record)
     if t.cfg.log.tracker != "none":
         t.accelerator.log({k: v for k, v in record.items() if k != "step" and not isinstance(v, dict)}, step=step)
