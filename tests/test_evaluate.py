@@ -27,7 +27,8 @@ from trainer.metrics.toy import MODES, high_quality_counts, mode_summary, w1_exa
 
 TOY = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
 P_WITHIN_3_STD_2D = 1 - math.exp(-4.5)  # chi-square with 2 degrees of freedom below 9
-TOY_KEYS, DIGIT_KEYS = {"w1", "modes_covered", "high_quality"}, {"fd_classifier", "is_classifier"}
+TOY_KEYS = {"w1", "modes_covered", "high_quality"}
+DIGIT_KEYS = {"fd_classifier", "is_classifier", "classes_covered", "precision", "recall", "density", "coverage"}
 
 
 @pytest.fixture
