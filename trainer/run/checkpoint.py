@@ -73,7 +73,10 @@ def verify(path: Path) -> dict[str, Any]:
     """The state record of checkpoint `path` after checking every file against the SHA-256 it recorded at saving
     (and that its config parses); raises TrainerError naming the first file that differs."""
     try:
-        record = json.loads((path / STATE_FILE).read_text())
+        try:
+            record = json.loads((path / STATE_FILE).read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{STATE_FILE} is unreadable: {err}") from None
         for name, digest in record.get("files", {}).items():
             if not (path / name).is_file():
                 raise ValueError(f"{name} is missing")
