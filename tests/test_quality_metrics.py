@@ -82,3 +82,33 @@ def test_mnist5k_held_out_digits_are_the_baseline_a_generator_cannot_beat(tmp_pa
     assert ref.accuracy > 0.9 and ref.real_count == 4000  # a classifier that reads real digits
     assert base["fd_classifier"] < 5 and base["classes_covered"] == 10 and base["precision"] > 0.8
     assert base.provenance["num_fake"] == 1000 and base.provenance["num_real"] == 4000
+
+
+def test_clean_resize_antialiases_where_the_legacy_bilinear_aliases() -> None:
+    from trainer.metrics.inception import clean_resize
+
+    stripes = (torch.arange(500) % 2 * 255).to(torch.uint8)  # 1-px stripes, shrunk by 500/299 (not a whole factor)
+    pixels = stripes[None, :].expand(500, 500).expand(1, 3, 500, 500)
+    clean = clean_resize(pixels).float()
+    assert clean.shape == (1, 3, 299, 299) and (clean[..., 4:-4, 4:-4] - 127.5).abs().max() <= 5  # about the mean grey
+    legacy = torch.nn.functional.interpolate(pixels.float(), size=(299, 299), mode="bilinear", align_corners=False)
+    assert (legacy - 127.5).abs().max() > 100  # without antialiasing the stripes alias to near black or white
+    flat = torch.full((2, 3, 8, 8), 77, dtype=torch.uint8)
+    assert torch.equal(clean_resize(flat), torch.full((2, 3, 299, 299), 77, dtype=torch.uint8))
+    assert torch.equal(clean_resize(pixels[..., :299, :299]), pixels[..., :299, :299])  # already 299: untouched
+
+
+def test_inception_clean_path_is_the_clean_resize_then_the_network(tmp_path: Path) -> None:
+    from test_evaluate import _random_inception_weights
+
+    from trainer.metrics import inception
+
+    net = inception.load_extractor(_random_inception_weights(tmp_path / inception.WEIGHTS_FILE))
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        clean = inception.measure(net, [(images, torch.arange(3))], 3, torch.device("cpu"), resize="clean")
+        legacy = inception.measure(net, [(images, torch.arange(3))], 3, torch.device("cpu"))
+        by_hand = net(inception.clean_resize(inception.to_uint8_rgb(images)))[0]
+    assert (clean.kept - by_hand.float()).abs().max() <= 1e-5 * by_hand.abs().max()
+    assert (clean.kept - legacy.kept).abs().max() > 0.05 * legacy.kept.abs().max()  # the resize matters

@@ -28,6 +28,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--num", type=int, help="generated samples (default: toys 2000, images 10000)")
     parser.add_argument("--seed", type=int, help="noise seed (default: the run's seed)")
     parser.add_argument("--inception", action="store_true", help="add FID/KID/IS for digits/MNIST/Fashion-MNIST")
+    parser.add_argument("--resize", choices=["legacy", "clean"], default="legacy",
+                        help="Inception input resize: legacy (torch-fidelity's bilinear, the usual FID) or clean "
+                        "(antialiased bicubic; numbers not comparable with legacy ones)")  # fmt: skip
     parser.add_argument("--inception-weights", help="Inception .pth (default: eval.inception_weights, torch hub)")
     parser.add_argument("--cache-dir", help="classifier/statistics cache (default: eval.cache_dir, $WGAN_GP_CACHE)")
     return parser.parse_args(argv)
@@ -53,7 +56,9 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     num = args.num or DEFAULT_NUM[family(cfg.data.name)]
     if num < 2:
         raise TrainerError(f"--num {num}: ask for at least 2 samples (a covariance needs two).")
-    metrics = evaluate(generator, cfg, None, num, device, seed=args.seed, with_inception=args.inception)
+    metrics = evaluate(
+        generator, cfg, None, num, device, seed=args.seed, with_inception=args.inception, resize=args.resize
+    )
     step = json.loads((ckpt / checkpoint.STATE_FILE).read_text())["step"]
     record = {"checkpoint": str(ckpt), "step": step, "num": num, "world_size": rank_world()[1], **metrics}
     return {**record, "provenance": metrics.provenance}

@@ -180,20 +180,22 @@ def real_baseline(cfg: Config, device: torch.device | str = "cpu") -> dict[str, 
     return Scores(scores, {**classifier_provenance(ref, cfg, images.shape[0]), "fake": "mnist5k held-out split"})
 
 
-def inception_metrics(generator: torch.nn.Module, cfg: Config, num: int, seed: int, device: torch.device) -> dict:
+def inception_metrics(
+    generator: torch.nn.Module, cfg: Config, num: int, seed: int, device: torch.device, resize: str = "legacy"
+) -> dict:
     """fid, kid, kid_std, inception_score(_std), precision, recall, density, coverage; real statistics cached per
     dataset and size (the k-NN metrics on the same 10,000 features per side that KID uses)."""
     weights = inception.weights_path(cfg.eval.inception_weights)
     net = inception.load_extractor(weights, device)
-    name = f"{cfg.data.name}-{cfg.data.image_size}px.safetensors"
+    name = f"{cfg.data.name}-{cfg.data.image_size}px{'' if resize == 'legacy' else '-' + resize}.safetensors"
     cache = feature_classifier.cache_root(cfg.eval.cache_dir) / "inception" / name
-    real = inception.real_statistics(net, lambda: inception.real_source(cfg), cache, device)
-    fake = inception.measure(net, generated_batches(generator, cfg.model.z_dim, num, seed, device), num, device)
+    real = inception.real_statistics(net, lambda: inception.real_source(cfg), cache, device, resize)
+    fake = inception.measure(net, generated_batches(generator, cfg.model.z_dim, num, seed, device), num, device, resize)
     out = {**inception.inception_metrics(real, fake, seed), **manifold_metrics(real.kept, fake.kept)}
     provenance = {
         "extractor": "inception-v3-compat (torchmetrics NoTrainInceptionV3, pool3 2048-d)",
         "extractor_sha256": file_sha256(weights),
-        "resize": "torch-fidelity's bilinear to 299x299 inside the network (legacy TF-compatible)",
+        "resize": f"{resize}: {inception.RESIZES[resize]}",
         "num_real": int(real.moments.count),
         "num_fake": num,
         "num_real_knn": int(real.kept.shape[0]),
@@ -218,13 +220,13 @@ def file_sha256(path: Path) -> str:
     return _file_sha256(str(path), stat.st_mtime, stat.st_size)
 
 
-def metric_functions(cfg: Config, with_inception: bool) -> list[Callable[..., dict]]:
+def metric_functions(cfg: Config, with_inception: bool, resize: str = "legacy") -> list[Callable[..., dict]]:
     """What evaluate() computes for cfg's dataset; checks for the Inception weights before any long computation."""
     kind = family(cfg.data.name)
     functions = {"toy": [toy_metrics], "classifier": [classifier_metrics], "inception": []}[kind]
     if kind == "inception" or (with_inception and kind != "toy"):
         inception.weights_path(cfg.eval.inception_weights)
-        functions.append(inception_metrics)
+        functions.append(functools.partial(inception_metrics, resize=resize))
     return functions
 
 
@@ -237,6 +239,7 @@ def evaluate(
     *,
     seed: Optional[int] = None,
     with_inception: bool = False,
+    resize: str = "legacy",
 ) -> Scores:
     """Collective (every process calls it, or one process alone): the metrics of `generator` on num samples.
 
@@ -247,7 +250,9 @@ def evaluate(
     """
     device = torch.device(device if device is not None else accelerator.device if accelerator else "cpu")
     num, seed = num or cfg.eval.num, cfg.seed if seed is None else seed
-    functions, out = metric_functions(cfg, with_inception), Scores()
+    if resize not in inception.RESIZES:
+        raise ValueError(f"resize={resize!r}: one of {', '.join(inception.RESIZES)}")
+    functions, out = metric_functions(cfg, with_inception, resize), Scores()
     net = raw_module(generator)
     was_training = net.training
     net.eval()
@@ -256,7 +261,8 @@ def evaluate(
             for function in functions:
                 scores = function(net, cfg, num, seed, device)
                 out.update(scores)
-                out.provenance[function.__name__.removesuffix("_metrics")] = scores.provenance
+                name = getattr(function, "func", function).__name__  # a partial: its function's name
+                out.provenance[name.removesuffix("_metrics")] = scores.provenance
     finally:
         net.train(was_training)
     return out

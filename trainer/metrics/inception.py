@@ -79,6 +79,21 @@ def to_uint8_rgb(images: Tensor) -> Tensor:
     return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
 
 
+RESIZES = {  # how images reach 299x299: the provenance text of each choice
+    "legacy": "torch-fidelity's bilinear to 299x299 inside the network, no antialiasing (the usual FID numbers)",
+    "clean": "antialiased bicubic to 299x299 on uint8 before the network (clean-fid's point; not comparable)",
+}
+
+
+def clean_resize(pixels: Tensor) -> Tensor:
+    """uint8 (N, 3, H, W) -> uint8 (N, 3, 299, 299) with an antialiased bicubic filter (Parmar et al. 2022's clean
+    resize: downsampling without aliasing), rounded back to uint8 as a saved image would be."""
+    if tuple(pixels.shape[-2:]) == (299, 299):
+        return pixels
+    x = torch.nn.functional.interpolate(pixels.float(), size=(299, 299), mode="bicubic", antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
 @dataclass
 class InceptionStats:
     """One image set's statistics, already summed over processes."""
@@ -100,7 +115,9 @@ class InceptionStats:
 
 
 @torch.no_grad()
-def measure(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num: int, device: torch.device) -> InceptionStats:
+def measure(
+    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num: int, device: torch.device, resize: str = "legacy"
+) -> InceptionStats:
     """Collective: statistics of this process's (images in [-1, 1], global indices of num) batches, over processes.
 
     FID needs only the summed feature moments and the Inception score per-split sums of p log p and p, both
@@ -109,7 +126,8 @@ def measure(net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num: int, 
     moments, scores = Moments.zeros(POOL, device), ScoreSums.zeros(IS_SPLITS, CLASSES, device)
     kept = [torch.zeros(0, POOL, device=device)]
     for images, index in batches:
-        pool, logits = net(to_uint8_rgb(images.to(device)))
+        pixels = to_uint8_rgb(images.to(device))
+        pool, logits = net(clean_resize(pixels) if resize == "clean" else pixels)
         moments.add(pool)
         scores.add(logits, index, num)
         kept.append(pool[index.to(device) < KID_FEATURES].float())
@@ -144,7 +162,11 @@ def real_batches(
 
 
 def real_statistics(
-    net: nn.Module, source: Callable[[], tuple[int, Callable[[Tensor], Tensor]]], cache: Path, device: torch.device
+    net: nn.Module,
+    source: Callable[[], tuple[int, Callable[[Tensor], Tensor]]],
+    cache: Path,
+    device: torch.device,
+    resize: str = "legacy",
 ) -> InceptionStats:
     """Collective: statistics of up to REAL_MAX real images (a fixed random subset of larger sets), cached by rank 0."""
     (have,) = all_reduce_sum(torch.tensor(float(cache.is_file()), device=device))
@@ -154,7 +176,7 @@ def real_statistics(
     chosen = torch.arange(count)
     if count > REAL_MAX:
         chosen = torch.randperm(count, generator=torch.Generator().manual_seed(0))[:REAL_MAX].sort().values
-    stats = measure(net, real_batches(chosen, fetch), chosen.numel(), device)
+    stats = measure(net, real_batches(chosen, fetch), chosen.numel(), device, resize)
     if rank_world()[0] == 0:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.tmp")
