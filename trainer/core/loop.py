@@ -17,7 +17,7 @@ from trainer.config import Config, to_yaml
 from trainer.core.build import Training, batches_from_config, build
 from trainer.core.step import iteration
 from trainer.data.toys import TOYS
-from trainer.metrics.diagnostics import layer_gradients, share_above_one
+from trainer.metrics.diagnostics import held_out_gap, layer_gradients, share_above_one
 from trainer.nets.layers import class_rows
 from trainer.nets.models import parameter_count
 from trainer.run import checkpoint
@@ -135,6 +135,7 @@ def log_metrics(t: Training, step: int, clock: tuple[float, int], metrics: Metri
     record.update(imgs_per_s=images / max(seconds, 1e-9), world_size=world, time=time.time())
     record.update(lr_d=float(t.opt_d.param_groups[0]["lr"]), lr_g=float(t.opt_g.param_groups[0]["lr"]))
     record.update(layer_gradients(t.state.critic, t.state.sample))
+    record.update(held_out_gap(t.state.critic, cfg.data.name, cfg.data.image_size, t.accelerator.device))
     metrics.write(record)
     if t.cfg.log.tracker != "none":
         t.accelerator.log({k: v for k, v in record.items() if k != "step" and not isinstance(v, dict)}, step=step)

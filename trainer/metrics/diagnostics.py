@@ -1,6 +1,9 @@
-"""WGAN diagnostics for metrics.jsonl: the share of interpolate gradient norms above 1 and per-tensor gradient norms."""
+"""WGAN diagnostics for metrics.jsonl: interpolate gradient norms above 1, per-tensor gradient norms, held-out gap."""
 
 from __future__ import annotations
+
+import functools
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -37,3 +40,35 @@ def layer_gradients(critic: nn.Module, generator: nn.Module) -> dict:
     if weights:
         out.update(layer_grad_norm_d_min=min(weights), layer_grad_norm_d_max=max(weights))
     return out
+
+
+HELD_OUT_IMAGES = 256  # real images per side of the held-out gap (fixed, so the curve moves only with the critic)
+
+
+@functools.lru_cache(maxsize=4)
+def _held_out_pair(dataset: str, image_size: int) -> Optional[tuple[Tensor, Tensor]]:
+    """(the first HELD_OUT_IMAGES training images, the first HELD_OUT_IMAGES held-out images) in [-1, 1], or None
+    for a dataset without a held-out split (only mnist5k has one here)."""
+    if dataset != "mnist5k":
+        return None
+    from trainer.data.batches import to_unit_range
+    from trainer.data.files import resize_uint8
+    from trainer.data.mnist5k import load_mnist5k
+
+    train, held = (load_mnist5k(split)[0][:HELD_OUT_IMAGES] for split in ("train", "held-out"))
+    return to_unit_range(resize_uint8(train, image_size)), to_unit_range(resize_uint8(held, image_size))
+
+
+@torch.no_grad()
+def held_out_gap(critic: nn.Module, dataset: str, image_size: int, device: torch.device) -> dict[str, float]:
+    """{"critic_gap_held_out": E[D(training images)] - E[D(held-out images)]} on fixed real images of both splits.
+
+    Both are real digits of one distribution, so a critic that generalises scores them alike (gap near 0 relative to
+    `wasserstein`); a gap that grows towards the size of `wasserstein` means the critic is memorising the training
+    images and its Wasserstein estimate no longer measures the generator. Every process computes the same number (the
+    critic's weights agree), so nothing is exchanged; empty for datasets without a held-out split."""
+    pair = _held_out_pair(dataset, image_size)
+    if pair is None:
+        return {}
+    train, held = (critic(x.to(device)).float().mean() for x in pair)
+    return {"critic_gap_held_out": float(train - held)}
