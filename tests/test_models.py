@@ -14,7 +14,7 @@ from trainer.nets.models import PRESETS, build_models
 
 Z_DIM, N = 16, 3
 # The paper presets are checked here at a small width (their full widths: tests/test_paper_presets.py, batch 2).
-SMALL = {"resnet32": 16, "resnet64": 4, "dcgan64": 4}
+SMALL = {"resnet32": 16, "resnet64": 4, "dcgan64": 4, "resnet128": 4}
 CASES = [(name, size) for name, preset in PRESETS.items() for size in (preset.image_sizes or (0,))]
 BATCH_STATS = (_BatchNorm, nn.GroupNorm, _InstanceNorm, _DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)
 

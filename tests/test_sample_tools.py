@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,8 +54,14 @@ def test_seeds_parse() -> None:
     assert len(latent_walk(seed_latents([1, 2, 3], 4), 5)) == 11
 
 
-def sample(run_dir: Path, *flags: str):
-    return run_cmd([sys.executable, "-m", "trainer.sample", str(run_dir), *flags])
+def sample(run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    """trainer.sample's main() in this process (its exit code and output): the command without a new interpreter."""
+    from trainer.sample import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(run_dir), *flags])
+    return subprocess.CompletedProcess(["trainer.sample", *flags], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +82,20 @@ def generator_of(run_dir: Path):
 def test_seeds_and_walk_match_independent_draws(runs: dict[str, Path], tmp_path: Path) -> None:
     g = generator_of(runs["plain"])
     z = {s: torch.randn(1, 16, generator=torch.Generator().manual_seed(s)) for s in (3, 4, 5)}
-    ok(sample(runs["plain"], "--seeds", "3-5", "--out", str(tmp_path / "s.npy")))
+    ok(
+        run_cmd(
+            [
+                sys.executable,
+                "-m",
+                "trainer.sample",
+                str(runs["plain"]),
+                "--seeds",
+                "3-5",
+                "--out",
+                str(tmp_path / "s.npy"),
+            ]
+        )
+    )
     with torch.no_grad():
         expected = g(torch.cat([z[s] for s in (3, 4, 5)])).numpy()
     assert np.allclose(np.load(tmp_path / "s.npy"), expected, rtol=0, atol=1e-6)  # the same codes (threads may differ)

@@ -16,7 +16,7 @@ from conftest import TINY, ok, python_train, read_metrics
 
 TOY = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
 # "Online" W&B that cannot start: a login, and a server on a closed local port (refused at once, nothing leaves).
-UNREACHABLE = {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "5"}
+UNREACHABLE = {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "2"}
 
 
 def records(run: Path) -> list[dict]:
@@ -38,17 +38,20 @@ def offline_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
-def test_run_keys_artifacts_and_best_eval_summary(run_dir: Path) -> None:
+def test_run_keys_artifacts_best_eval_summary_and_sweep_id(run_dir: Path) -> None:
+    """log.* keys, one generator and one checkpoint artifact per checkpoint (latest, step-N, best where the step's
+    eval_w1 is the best so far), best+last summaries; a sweep agent's WANDB_RUN_ID kept when the trial resumes."""
     keys = ["log.group=ablation-3", "log.tags=[toy,gp]", "log.entity=my-team", "log.job_type=train"]
     keys += ["log.notes=lambda sweep", "log.artifacts=checkpoint", "checkpoint.every=2", "checkpoint.keep=0"]
     args = [f"run.dir={run_dir}", "train.steps=6", *TINY, *TOY, "log.every=3", "eval.every=2", "eval.num=200"]
-    ok(python_train(*args, *keys, "log.tracker=wandb"))
+    trial = "sweeptrial42"  # a sweep agent's WANDB_RUN_ID
+    ok(python_train(*args, *keys, "log.tracker=wandb", env={"WANDB_RUN_ID": trial}))
     (run,) = offline_runs(run_dir)
     got = records(run)
     start = next(r["run"] for r in got if r["type"] == "run")
     assert start["run_group"] == "ablation-3" and start["tags"] == ["toy", "gp"] and start["entity"] == "my-team"
     assert start["job_type"] == "train" and start["notes"] == "lambda sweep"
-    assert start["run_id"] == (run_dir / "wandb_id.txt").read_text()
+    assert start["run_id"] == (run_dir / "wandb_id.txt").read_text() == trial
 
     w1 = {m["step"]: m["eval_w1"] for m in read_metrics(run_dir) if "eval_w1" in m}
     assert set(w1) == {2, 4, 6}
@@ -72,6 +75,12 @@ def test_run_keys_artifacts_and_best_eval_summary(run_dir: Path) -> None:
     top = summary(run)["summary"]
     assert top["eval_w1"] == {"min": min(w1.values()), "last": w1[6]}
 
+    # The trial is requeued and resumed, without the variable: the same W&B run continues.
+    ok(python_train(*args, *keys, "log.tracker=wandb", "train.steps=7", "run.resume=latest"))
+    runs = offline_runs(run_dir)
+    assert len(runs) == 2 and [summary(r)["run_id"] for r in runs] == [trial] * 2
+    assert summary(runs[1])["step"] == 7
+
 
 @pytest.mark.parametrize("key", ["fakekey0123456789abcdef0123456789abcdef0123", "short"])
 def test_online_start_that_fails_falls_back_offline_and_trains(run_dir: Path, key: str) -> None:
@@ -87,17 +96,3 @@ def test_online_start_that_fails_falls_back_offline_and_trains(run_dir: Path, ke
     assert info["step"] == 3
     for path in (p for p in run_dir.rglob("*") if p.is_file()):
         assert key.encode() not in path.read_bytes(), path
-
-
-def test_sweep_agent_run_id_is_kept_across_resumes(run_dir: Path) -> None:
-    """A sweep agent sets WANDB_RUN_ID: the run uses it, and a resume of the trial (with or without the variable,
-    as after a requeue) continues that W&B run."""
-    trial = "sweeptrial42"
-    base = [f"run.dir={run_dir}", *TINY, "log.tracker=wandb"]
-    ok(python_train(*base, "train.steps=2", env={"WANDB_RUN_ID": trial}))
-    ok(python_train(*base, "train.steps=3", "run.resume=latest"))
-    ok(python_train(*base, "train.steps=4", "run.resume=latest", env={"WANDB_RUN_ID": trial}))
-    runs = offline_runs(run_dir)
-    assert len(runs) == 3 and (run_dir / "wandb_id.txt").read_text() == trial
-    assert [summary(r)["run_id"] for r in runs] == [trial] * 3
-    assert [summary(r)["step"] for r in runs] == [2, 3, 4]
