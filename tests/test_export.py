@@ -44,7 +44,7 @@ def test_save_load_gives_the_checkpoints_samples(run_dir: Path, tmp_path: Path, 
     assert json.loads((out / "config.json").read_text())["model"] == ("resnet32" if conditional else "conv-small")
 
 
-def test_card_reports_the_runs_eval_metrics(run_dir: Path, tmp_path: Path) -> None:
+def test_card_reports_the_runs_eval_metrics(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     toy = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
     ok(python_train(f"run.dir={run_dir}", "train.steps=4", *TINY, *toy, "eval.every=2", "eval.num=200"))
     from trainer.export import main
@@ -55,6 +55,16 @@ def test_card_reports_the_runs_eval_metrics(run_dir: Path, tmp_path: Path) -> No
     best = min(w1, key=w1.get)
     assert f"| `eval_w1` | {w1[4]:.6g} | {w1[best]:.6g} ({best}) | {w1[4]:.6g} |" in card
     assert "checkpoint `step-00000004` (generator step 4" in card
+
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # every Hub request raises before it leaves the process
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")  # and a closed local port, should one not
+    capsys.readouterr()
+    assert main([str(run_dir), "--out", str(tmp_path / "hub2"), "--push-to-hub", "someone/toy-gan"]) == 2
+    err = capsys.readouterr().err
+    assert "pushing" in err and "hf auth login" in err and "is complete and can be uploaded later" in err
+    assert (tmp_path / "hub2" / "model.safetensors").is_file()
 
 
 def test_export_without_checkpoint_is_a_clean_error(tmp_path: Path, capsys) -> None:

@@ -15,7 +15,7 @@ import torch
 from conftest import TINY, ok, python_train, run_cmd
 from PIL import Image
 
-from trainer.latents import draw, latent_walk, parse_seeds, seed_latents, slerp
+from trainer.latents import draw, latent_walk, mp4_encoder, parse_seeds, seed_latents, slerp
 
 COND = ["data.image_size=32", "model.name=resnet32", "model.conditional=true", "train.batch_size=8"]
 
@@ -134,6 +134,11 @@ def test_truncated_grid_and_clean_refusals(runs: dict[str, Path], tmp_path: Path
         flags = flags if "--out" in flags else [*flags, "--out", str(tmp_path / "x.npy")]
         proc = sample(runs["plain"], *flags)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, (flags, proc.stderr)
+    mp4 = sample(runs["plain"], "--seeds", "0-1", "--interpolate", "2", "--out", str(tmp_path / "w.mp4"))
+    if mp4_encoder() is None:  # this machine has no encoder: refused with the fix (pip install imageio-ffmpeg, .gif)
+        assert mp4.returncode == 2 and "imageio-ffmpeg" in mp4.stderr and not (tmp_path / "w.mp4").exists()
+    else:
+        assert mp4.returncode == 0 and (tmp_path / "w.mp4").stat().st_size > 0
 
 
 def test_class_on_a_conditional_run(runs: dict[str, Path], tmp_path: Path) -> None:
