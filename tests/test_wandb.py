@@ -73,7 +73,8 @@ def test_run_keys_artifacts_best_eval_summary_and_sweep_id(run_dir: Path) -> Non
         assert listed == {str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file()}
 
     top = summary(run)["summary"]
-    assert top["eval_w1"] == {"min": min(w1.values()), "last": w1[6]}
+    assert top["eval_w1"] == {"min": min(w1.values()), "max": max(w1.values()), "last": w1[6]}
+    assert top["eval_w1_best"] == min(w1.values()) and top["eval_w1_best_step"] == min(w1, key=w1.get)
 
     # The trial is requeued and resumed, without the variable: the same W&B run continues.
     ok(python_train(*args, *keys, "log.tracker=wandb", "train.steps=7", "run.resume=latest"))

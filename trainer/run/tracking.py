@@ -15,9 +15,6 @@ from trainer.config import Config, to_dict
 
 WANDB_ID_FILE = "wandb_id.txt"  # the W&B run id, so a resumed run continues the same W&B run
 LOWER_IS_BETTER = ("w1", "fid", "kid", "fd", "frechet", "distance")
-# Every key trainer.metrics.evaluate can return (toys, feature classifier, Inception), logged with an eval_ prefix.
-EVAL_KEYS = ("w1", "modes_covered", "high_quality", "fd_classifier", "is_classifier", "fid", "kid", "kid_std")
-EVAL_KEYS += ("inception_score", "inception_score_std")
 BEST_KEYS = ("eval_fid", "eval_fd_classifier", "eval_w1")  # the first one a run logs picks the 'best' checkpoint
 
 
@@ -90,8 +87,9 @@ def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None
         run = accelerator.get_tracker("wandb", unwrap=True)
         # W&B's own step is the generator step (accelerator.log(..., step=step)); images_seen is the other x axis.
         run.define_metric("images_seen", summary="max")
-        for key in EVAL_KEYS:  # the summary keeps each evaluation metric's best value and its last
-            run.define_metric(f"eval_{key}", summary=("min" if _lower_is_better(key) else "max") + ",last")
+        # Every evaluation metric, whatever trainer.metrics.evaluate returns: min, max and last in the summary (the
+        # best is one of the first two; write_summary adds eval_*_best by each metric's direction at the end).
+        run.define_metric("eval_*", summary="min,max,last")
 
 
 def _forget_failed_wandb(accelerator: Accelerator) -> None:
@@ -146,6 +144,7 @@ def write_summary(accelerator: Accelerator, run_dir: Path) -> None:
             for key, entry in summary.items():
                 tracker.tracker.summary[f"{key}_best"] = entry["best"]
                 tracker.tracker.summary[f"{key}_last"] = entry["last"]
+                tracker.tracker.summary[f"{key}_best_step"] = entry["best_step"]
 
 
 def log_checkpoint(accelerator: Accelerator, cfg: Config, ckpt: Path, step: int, run_dir: Path) -> None:
