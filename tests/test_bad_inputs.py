@@ -258,7 +258,7 @@ def check(code: int, err: str, words: list[str]) -> None:
 
 def run_train(capfd, run: Path, args: list[str]) -> tuple[int, str]:
     own_dir = any(a.startswith("run.dir=") for a in args)
-    code = cli.main([*(() if own_dir else (f"run.dir={run}",)), *TINY, *args])
+    code = cli.main([*(() if own_dir else (f"run.dir={run}",)), *TINY, "train.steps=3", *args])
     return code, capfd.readouterr().err
 
 

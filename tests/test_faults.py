@@ -60,7 +60,7 @@ def kill_point(rng: random.Random, done: int, first_choice: str) -> tuple[int, s
             "prune": [s for s in later if s % EVERY == 0 and EVERY * KEEP < s < STEPS],  # (not the run's end)
         }.get(point, [s for s in later if s % EVERY == 0])
         if steps:
-            return rng.choice(steps[:3]), point  # near the resume point: the run advances slowly, all kinds fit
+            return rng.choice(steps[:2]), point  # near the resume point: the run advances slowly
         point = rng.choice(POINTS)
 
 
@@ -73,7 +73,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def kill_and_resume(run_dir: Path, uninterrupted: Path, seed: int, kills: int) -> list[tuple[int, str]]:
     rng, done = random.Random(seed), []
-    kinds = [kind for _ in range(kills) for kind in rng.sample(POINTS, len(POINTS))]  # each kind per round of six
+    # Each kind once first (pruning needs a run not yet past step 10), then seeded rounds of all six.
+    kinds = ["prune", "save", "publish", "metrics", "step", "lock"]
+    kinds += [kind for _ in range(kills) for kind in rng.sample(POINTS, len(POINTS))]
     while len(done) < kills:
         step, point = kill_point(rng, progress(run_dir), kinds[len(done)])
         proc = python_train(
@@ -96,9 +98,11 @@ def kill_and_resume(run_dir: Path, uninterrupted: Path, seed: int, kills: int) -
 
 
 def test_kill_9_at_seeded_points_resumes_byte_identical(tmp_path: Path, uninterrupted: Path) -> None:
-    """12 seeded kills (every kind of point, 4 inside a checkpoint write), then the exact uninterrupted result."""
-    done = kill_and_resume(tmp_path / "run", uninterrupted, seed=12, kills=12)
-    assert {p for _, p in done} == set(POINTS)
+    """10 seeded kills (every kind of point; save, publish, prune inside a checkpoint write), then the exact
+    uninterrupted result."""
+    done = kill_and_resume(tmp_path / "run", uninterrupted, seed=12, kills=10)
+    assert {p for _, p in done} == set(POINTS), done
+    print(f"kills survived: {done}")
 
 
 @pytest.mark.slow
@@ -156,7 +160,9 @@ def test_full_disk_while_logging_keeps_whole_lines_and_resumes(disk: Path) -> No
     assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 61))
 
 
-@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize(
+    "case", [0, 1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)]
+)
 def test_full_disk_while_checkpointing_exits_2_and_resumes(disk: Path, case: int) -> None:
     """Seeded free space: the write fails in a different file each time; earlier checkpoints stay verified."""
     leave = random.Random(case).randrange(40, 260) * 1024
@@ -192,16 +198,26 @@ CORRUPTIONS = {
 }
 
 
+CORRUPT_ARGS = (*TINY, "checkpoint.every=2", "checkpoint.keep=0")
+
+
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("corrupt") / "run"
+    ok(python_train(f"run.dir={run_dir}", *CORRUPT_ARGS, "train.steps=4"))
+    return run_dir
+
+
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_corrupt_checkpoint_file_is_detected(run_dir: Path, name: str) -> None:
-    args = (f"run.dir={run_dir}", *TINY, "checkpoint.every=2", "checkpoint.keep=0")
-    ok(python_train(*args, "train.steps=4"))
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning_naming_the_file(
+    tmp_path: Path, four_steps: Path, name: str
+) -> None:
+    """(An explicit damaged path is an error naming the file: tests/test_bad_inputs.py, resume-* cases.)"""
+    run_dir = tmp_path / "run"
+    shutil.copytree(four_steps, run_dir)
     victim = run_dir / "checkpoints/step-00000004" / name
     victim.write_bytes(CORRUPTIONS[name](victim.read_bytes()))
-    explicit = python_train(*args, "train.steps=6", f"run.resume={victim.parent}")
-    assert explicit.returncode == 2 and "Traceback" not in explicit.stderr and name in explicit.stderr
-    assert "is damaged" in explicit.stderr and "earlier checkpoint" in explicit.stderr
-    latest = ok(python_train(*args, "train.steps=6", "run.resume=latest"))
+    latest = ok(python_train(f"run.dir={run_dir}", *CORRUPT_ARGS, "train.steps=6", "run.resume=latest"))
     assert f"warning: checkpoint {victim.parent} is damaged" in latest.stdout and name in latest.stdout
     assert "Falling back to step-00000002" in latest.stdout and "step-00000002 at step 2" in latest.stdout
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
