@@ -147,8 +147,9 @@ def test_precision_recall_match_torch_fidelity() -> None:
     ours = precision_recall(real, fake, k=3)
     precision, recall = metric_prc.calculate_precision_recall_full(fake, real, neighborhood=3)
     assert 0.05 < ours["precision"] < 0.99 and 0.05 < ours["recall"] < 0.99
-    assert ours["precision"] == pytest.approx(precision, abs=1e-12)
-    assert ours["recall"] == pytest.approx(recall, abs=1e-12)
+    # torch-fidelity averages in float32: compare the counts behind the shares (500 fakes, 700 reals) exactly.
+    assert round(ours["precision"] * 500) == round(precision * 500)
+    assert round(ours["recall"] * 700) == round(recall * 700)
 
 
 @pytest.mark.parametrize("k", [3, 5])
