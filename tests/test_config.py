@@ -65,7 +65,7 @@ BAD = [
     (["data.name=imagenet"], "data.name='imagenet' is not a valid choice", "digits"),
     (["loss.name=wgan"], "loss.name='wgan' is not a valid choice", "wgan-gp, wgan-lp, wgan-clip, gan"),
     (["data.image_size=28"], "data.image_size=28 cannot be produced by model.name=conv-small", "8, 16, 32, 64"),
-    (["model.name=toy"], "model.name=toy is a 2-D toy model", "conv-small, dcgan28, dcgan64, mlp, resnet32"),
+    (["model.name=toy"], "model.name=toy is a 2-D toy model", "conv-small, dcgan28, dcgan64, mlp, resnet128, resnet32"),
     (["train.ema_decay=1.5"], "train.ema_decay=1.5 is impossible", "[0, 1)"),
     (["loss.name=wgan-clip", "train.deepspeed=2"], "loss.name=wgan-clip is not supported under DeepSpeed", "without"),
     (["speed.lazy_penalty=4"], "config key 'speed.lazy_penalty' (from override", "loss.lazy_penalty="),

@@ -31,9 +31,9 @@ def test_print_config_shows_the_optimizer_values_null_stands_for() -> None:
     assert default.returncode == 0 and gan.returncode == 0
     assert yaml.safe_load(default.stdout)["optim"]["lr_d"] is None  # the file itself keeps null: resumes compare it
     assert "#   optim.name: adam\n#   optim.lr_d: 0.0001\n#   optim.lr_g: 0.0001\n#   optim.betas: [0.0, 0.9]" in (
-        default.stdout
+        default.stderr  # beside the YAML, not in it: stdout redirected to a file is the config itself
     )
-    assert "#   optim.lr_d: 0.0002" in gan.stdout and "#   optim.betas: [0.5, 0.999]" in gan.stdout
+    assert "#   optim.lr_d: 0.0002" in gan.stderr and "#   optim.betas: [0.5, 0.999]" in gan.stderr
 
 
 def test_accelerate_launch_quiet_gives_the_error_alone() -> None:

@@ -65,7 +65,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         cfg = configure(args.config, tuple(_overrides(args)))
         if args.print_config:
-            print(to_yaml(cfg) + resolved_defaults(cfg), end="")
+            print(to_yaml(cfg), end="")  # stdout stays the config itself: `--print-config > x.yaml` round-trips
+            print(resolved_defaults(cfg), end="", file=sys.stderr)
             return 0
         from trainer.core.loop import train
 
