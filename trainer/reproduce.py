@@ -199,7 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             for seed in budget.seeds:
                 run_dir, seconds = train(dataset, loss, seed, budget, args.runs.resolve(), args.threads)
                 metrics, provenance, samples = score(run_dir, budget, args.cache_dir)
-                results.append(dict(dataset=dataset, loss=loss, seed=seed, run=os.path.relpath(run_dir), train_seconds=seconds,
+                run = os.path.relpath(run_dir)
+                results.append(dict(dataset=dataset, loss=loss, seed=seed, run=run, train_seconds=seconds,
                                     metrics=metrics, provenance=provenance))  # fmt: skip
                 print(json.dumps({k: results[-1][k] for k in ("dataset", "loss", "seed", "metrics")}), flush=True)
                 if seed == budget.seeds[0]:
