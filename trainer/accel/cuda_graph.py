@@ -11,9 +11,15 @@ graph's output tensors, rewritten by each replay. What stays outside the graph: 
 into device tensors the fused Adam kernels read), the EMA update and the statistics (the loop does them after
 either path). The non-finite guard's device counts are updated in place, so the graph keeps counting.
 
-Requirements, checked before any GPU work (trainer.config) and at start-up (`check_runtime`): one CUDA process, bf16
-or fp32 (fp16's GradScaler reads its verdict on the host), Adam with its fused kernel, no lazy penalty, no
-torch.compile, no DeepSpeed.
+Under DDP (several processes, or one NCCL process), the same wrapper captures DDP's gradient all-reduces too,
+following PyTorch's recipe for DDP + CUDA graphs: NCCL >= 2.9.6, NCCL's asynchronous error handling off before the
+process group starts and DDP's static graph (both set by trainer.accel.runtime.make_accelerator when
+speed.cuda_graph is on), and at least 11 DDP iterations run eagerly on a side stream before the capture (DDP's
+reducer rebuilds its buckets and logs with host syncs during its first iterations).
+
+Requirements, checked before any GPU work (trainer.config) and at start-up (`check_runtime`): CUDA, bf16 or fp32
+(fp16's GradScaler reads its verdict on the host), Adam with its fused kernel, no lazy penalty, no torch.compile, no
+DeepSpeed.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
+import os
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from trainer.errors import TrainerError
 
@@ -92,22 +101,51 @@ class CudaBackend:
 BACKEND = CudaBackend()
 
 
-def check_runtime(device: torch.device | str, processes: int) -> None:
+WARMUP = 3  # eager steps before the capture: lazy optimizer state, cuDNN plans, autocast
+DDP_WARMUP = 11  # PyTorch's DDP + CUDA graphs recipe: at least 11 DDP iterations before the capture
+NCCL_MIN = (2, 9, 6)  # the first NCCL that supports CUDA graph capture of its collectives
+ASYNC_ERROR_HANDLING = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
+
+
+def ddp_modules(modules: tuple[nn.Module, ...]) -> list[DistributedDataParallel]:
+    return [m for m in modules if isinstance(m, DistributedDataParallel)]
+
+
+def check_runtime(device: torch.device | str, ddp: list[DistributedDataParallel]) -> None:
+    """The run can be captured: a CUDA device and, under DDP, the recipe's NCCL, error handling and static graph."""
     device = torch.device(device)
     if device.type != BACKEND.device_type:
         raise TrainerError(
             f"speed.cuda_graph=true needs a CUDA GPU, but this run is on {device.type}. "
             f"Drop speed.cuda_graph (it only removes GPU launch overhead)."
         )
-    if processes > 1:
+    if not ddp:
+        return
+    if device.type == "cuda" and torch.cuda.nccl.version() < NCCL_MIN:
+        found = ".".join(map(str, torch.cuda.nccl.version()))
         raise TrainerError(
-            f"speed.cuda_graph=true runs on one process; this launch has {processes}. "
-            f"Use it on a single GPU, or drop it for DDP runs."
+            f"speed.cuda_graph=true under DDP needs NCCL >= 2.9.6 (to capture its all-reduces); this PyTorch has NCCL "
+            f"{found}. Install a newer PyTorch, or drop speed.cuda_graph for multi-GPU runs."
+        )
+    if os.environ.get(ASYNC_ERROR_HANDLING) != "0":
+        raise TrainerError(
+            f"speed.cuda_graph=true under DDP needs {ASYNC_ERROR_HANDLING}=0 before the process group starts "
+            f"(trainer.accel.runtime.make_accelerator sets it); here it is "
+            f"{os.environ.get(ASYNC_ERROR_HANDLING)!r}. Unset it in the job script, or drop speed.cuda_graph."
+        )
+    if not all(m.static_graph for m in ddp):
+        raise TrainerError(
+            "speed.cuda_graph=true under DDP needs DDP's static graph (DistributedDataParallelKwargs("
+            "static_graph=True), which trainer.accel.runtime.make_accelerator passes); these modules were wrapped "
+            "without it. Build the run with trainer.core.build, or drop speed.cuda_graph."
         )
 
 
 class GraphedIteration:
-    """`run(feed)` run eagerly `warmup` times, then captured once and replayed; returns its statistics."""
+    """`run(feed)` run eagerly `warmup` times, then captured once and replayed; returns its statistics.
+
+    `modules`: the prepared networks the step runs; if any is DDP, the warm-up is DDP's (DDP_WARMUP).
+    """
 
     def __init__(
         self,
@@ -115,10 +153,11 @@ class GraphedIteration:
         inputs,
         sample_shape: tuple[int, ...],
         optimizers: tuple[torch.optim.Optimizer, ...],
-        processes: int = 1,
-        warmup: int = 3,
+        modules: tuple[nn.Module, ...] = (),
     ) -> None:
-        check_runtime(inputs.device, processes)
+        ddp = ddp_modules(modules)
+        check_runtime(inputs.device, ddp)
+        warmup = DDP_WARMUP if ddp else WARMUP
         self.run, self.optimizers, self.device = run, optimizers, inputs.device
         self.feed = StaticFeed(inputs, sample_shape)
         self.warmup, self.eager_done, self.graph, self.failed = warmup, 0, None, False

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import AutocastKwargs, InitProcessGroupKwargs
+from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from torch import Tensor, nn
 
 from trainer.accel import zero as deepspeed_support
@@ -24,10 +24,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # A collective that waits longer than this for a dead or hung process raises instead of hanging the job.
     init = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.timeout_s))
     handlers: list = [init]
-    if (
-        cfg.speed.cuda_graph
-    ):  # autocast's cast-weight cache must not outlive a graph capture (PyTorch's CUDA graph docs)
-        handlers.append(AutocastKwargs(cache_enabled=False))
+    if cfg.speed.cuda_graph:
+        handlers.extend(graph_handlers())
     plugins = deepspeed_support.make_plugins(cfg, launch_precision(cfg))
     if plugins is not None:
         # Accelerate enables DeepSpeed only off its CPU mode; without CUDA the engines then run on CPU over gloo.
@@ -63,6 +61,19 @@ def make_accelerator(cfg: Config) -> Accelerator:
         if busy and accelerator.is_main_process:
             print(busy, flush=True)
     return accelerator
+
+
+def graph_handlers() -> list:
+    """What speed.cuda_graph asks of Accelerate, before the process group starts (PyTorch's CUDA graph docs).
+
+    Autocast's cast-weight cache must not outlive a capture. Under DDP: NCCL's asynchronous error handling off (its
+    watchdog would abort a captured collective; a hung rank is then no longer stopped by train.timeout_s) and DDP's
+    static graph (the captured reducer replays one fixed bucket order). Harmless on one process.
+    """
+    from trainer.accel.cuda_graph import ASYNC_ERROR_HANDLING
+
+    os.environ[ASYNC_ERROR_HANDLING] = "0"
+    return [AutocastKwargs(cache_enabled=False), DistributedDataParallelKwargs(static_graph=True)]
 
 
 def busy_cpu_warning(threads: int, requested: int) -> str:
