@@ -109,9 +109,8 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
     if cfg.speed.cuda_graph:
         from trainer.accel.cuda_graph import GraphedIteration
 
-        processes = accelerator.num_processes
-        run = partial(iteration, state)
-        training.graph = GraphedIteration(run, inputs, sample_shape(cfg), (opt_d, opt_g), processes)
+        run, modules = partial(iteration, state), (generator, critic)  # DDP's all-reduces are captured too
+        training.graph = GraphedIteration(run, inputs, sample_shape(cfg), (opt_d, opt_g), modules)
     return training
 
 
