@@ -9,7 +9,13 @@ WGAN_GP_FAULT_KILL_AT=STEP:POINT      the process kill -9s itself at POINT of ge
                                       Accelerate's files and one more), `publish` (complete, not yet renamed), `prune`
                                       (while an old checkpoint is half deleted)
 WGAN_GP_FAULT_INF_WEIGHT_AT=STEP      a critic weight becomes +Inf after generator step STEP (a diverged update)
-WGAN_GP_EMULATE_CUDA_GRAPH=1          speed.cuda_graph on the CPU through tests/graph_emulation.py
+WGAN_GP_EMULATE_CUDA_GRAPH=1          speed.cuda_graph on the CPU through tests/graph_emulation.py; at exit each
+                                      process prints `[emulated graph] rank R: N replays`
+WGAN_GP_EMULATE_CUDA_GRAPH=drop-collectives
+                                      the same, but the emulated graph leaves out the collectives (DDP's all-reduces)
+                                      it saw during the capture: a control for the tests that they are replayed
+WGAN_GP_FORCE_DDP=1                   DDP around the networks also at world size 1 (`torchrun --nproc_per_node 1` on
+                                      one GPU: DDP's reducer and NCCL's all-reduce kernels run, as on several GPUs)
 """
 
 from __future__ import annotations
@@ -153,12 +159,24 @@ def inf_weight_at(step: int) -> None:
     loop.train_step = poisoning_step
 
 
-def emulate_cuda_graph() -> None:
-    from graph_emulation import EmulatedBackend
+def emulate_cuda_graph(mode: str) -> None:
+    import atexit
+
+    import graph_emulation
 
     from trainer.accel import cuda_graph
 
-    cuda_graph.BACKEND = EmulatedBackend()
+    backend = graph_emulation.EmulatedBackend(drop_collectives=mode == "drop-collectives")
+    cuda_graph.BACKEND = backend
+    rank = os.environ.get("RANK", "0")
+    atexit.register(lambda: print(f"[emulated graph] rank {rank}: {backend.replays()} replays", flush=True))
+
+
+def force_ddp() -> None:
+    import torch.distributed as dist
+    from accelerate import Accelerator
+
+    Accelerator.multi_device = property(lambda self: dist.is_initialized())  # Accelerate wraps DDP from 2 processes
 
 
 if __name__ == "__main__":
@@ -170,8 +188,10 @@ if __name__ == "__main__":
         kill_at(os.environ["WGAN_GP_FAULT_KILL_AT"])
     if os.environ.get("WGAN_GP_FAULT_INF_WEIGHT_AT"):
         inf_weight_at(int(os.environ["WGAN_GP_FAULT_INF_WEIGHT_AT"]))
-    if os.environ.get("WGAN_GP_EMULATE_CUDA_GRAPH") == "1":
-        emulate_cuda_graph()
+    if os.environ.get("WGAN_GP_EMULATE_CUDA_GRAPH"):
+        emulate_cuda_graph(os.environ["WGAN_GP_EMULATE_CUDA_GRAPH"])
+    if os.environ.get("WGAN_GP_FORCE_DDP") == "1":
+        force_ddp()
     from trainer.cli import main
 
     sys.exit(main())

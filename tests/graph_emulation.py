@@ -19,20 +19,48 @@ RANDOM = {"normal", "normal_", "uniform_", "randn", "rand", "randint", "randperm
 
 
 class Recorder(TorchDispatchMode):
-    """Runs and records every operator below autograd; refuses what a CUDA graph capture cannot hold."""
+    """Runs and records every operator below autograd; refuses what a CUDA graph capture cannot hold.
 
-    def __init__(self, ops: list) -> None:
+    A host read (`.item()`) is refused when its tensor is in the graph's data flow (an operand or result of a
+    non-view operator recorded so far): on a GPU that is a device tensor, and reading it inside a capture fails. A
+    tensor the graph never touches is host state, as DDP's reducer keeps its map of used parameters in host memory
+    (pinned, read with `.item()` in every backward under its static graph), which a real capture allows.
+    """
+
+    def __init__(self, ops: list, drop_collectives: bool = False) -> None:
         super().__init__()
-        self.ops = ops
+        self.ops, self.seen, self.drop_collectives = ops, set(), drop_collectives
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = func.name()
-        if name.split("::")[-1].split(".")[0] in SYNCS | RANDOM:
-            raise RuntimeError(f"{name} inside a CUDA-graph capture: a host sync or a random draw cannot be replayed")
+        name = func.name().split("::")[-1].split(".")[0]
+        if name in RANDOM or (name in SYNCS and any(_storage(t) in self.seen for t in _tensors(args))):
+            raise RuntimeError(
+                f"{func.name()} inside a CUDA-graph capture: a host sync or a random draw cannot be replayed"
+            )
         out = func(*args, **kwargs)
+        if name in SYNCS:
+            return out  # host state: runs now, not part of the graph
+        if self.drop_collectives and func.namespace == "c10d":
+            return out  # the control: a graph without the all-reduces
         self.ops.append((func, args, kwargs, out))
+        if not func.is_view:  # a view reads no data
+            self.seen.update(_storage(t) for t in (*_tensors(args), *_tensors(kwargs.values()), *_tensors([out])))
         return out
+
+
+def _tensors(values) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(_tensors(value))
+    return found
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
 
 
 class EmulatedGraph:
@@ -53,7 +81,17 @@ class EmulatedGraph:
             return
         with torch.no_grad():
             for func, args, kwargs, out in self.ops:
-                _copy_into(out, func(*args, **kwargs))
+                new = func(*args, **kwargs)
+                _wait(new)  # a collective (DDP's all-reduce) is ordered before the next operator, as on a stream
+                _copy_into(out, new)
+
+
+def _wait(result) -> None:
+    if isinstance(result, (list, tuple)):
+        for item in result:
+            _wait(item)
+    elif not isinstance(result, torch.Tensor) and hasattr(result, "wait"):
+        result.wait()
 
 
 def _copy_into(out, new) -> None:
@@ -66,16 +104,24 @@ def _copy_into(out, new) -> None:
 
 
 class EmulatedBackend(CudaBackend):
-    """CPU stand-in for trainer.accel.cuda_graph.BACKEND."""
+    """CPU stand-in for trainer.accel.cuda_graph.BACKEND; `drop_collectives`: a control that records no collective."""
 
     device_type = "cpu"
+
+    def __init__(self, drop_collectives: bool = False) -> None:
+        self.drop_collectives, self.graphs = drop_collectives, []
 
     @contextmanager
     def side_stream(self) -> Iterator[None]:
         yield
 
     def new_graph(self) -> EmulatedGraph:
-        return EmulatedGraph()
+        self.graphs.append(EmulatedGraph())
+        return self.graphs[-1]
 
     def capture(self, graph: EmulatedGraph):
-        return Recorder(graph.ops)
+        return Recorder(graph.ops, self.drop_collectives)
+
+    def replays(self) -> int:
+        """Replays that ran the recorded operators (the one just after each capture is the capture's own step)."""
+        return sum(max(0, graph.replays - 1) for graph in self.graphs)

@@ -24,10 +24,9 @@ DeepSpeed.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
-
-import os
 
 import torch
 from torch import Tensor, nn
