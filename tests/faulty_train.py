@@ -15,7 +15,8 @@ WGAN_GP_EMULATE_CUDA_GRAPH=drop-collectives
                                       the same, but the emulated graph leaves out the collectives (DDP's all-reduces)
                                       it saw during the capture: a control for the tests that they are replayed
 WGAN_GP_FORCE_DDP=1                   DDP around the networks also at world size 1 (`torchrun --nproc_per_node 1` on
-                                      one GPU: DDP's reducer and NCCL's all-reduce kernels run, as on several GPUs)
+                                      one GPU: DDP's reducer and NCCL's all-reduce kernels run, as on several GPUs);
+                                      at exit prints `[force-ddp] rank R: D DDP modules in the graph, N replays`
 """
 
 from __future__ import annotations
@@ -173,10 +174,33 @@ def emulate_cuda_graph(mode: str) -> None:
 
 
 def force_ddp() -> None:
+    import atexit
+
     import torch.distributed as dist
     from accelerate import Accelerator
 
+    from trainer.accel import cuda_graph
+
     Accelerator.multi_device = property(lambda self: dist.is_initialized())  # Accelerate wraps DDP from 2 processes
+    if os.environ.get("ACCELERATE_USE_CPU") == "1":
+        os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"  # on the CPU, DDP without device_ids
+    seen = {"ddp": 0, "replays": 0}
+    init, call = cuda_graph.GraphedIteration.__init__, cuda_graph.GraphedIteration.__call__
+
+    def counting_init(self, run, inputs, sample_shape, optimizers, modules=()):
+        seen["ddp"] = len(cuda_graph.ddp_modules(modules))
+        init(self, run, inputs, sample_shape, optimizers, modules)
+
+    def counting_call(self):
+        captured = self.graph is not None
+        records = call(self)
+        seen["replays"] += captured and not self.failed
+        return records
+
+    cuda_graph.GraphedIteration.__init__, cuda_graph.GraphedIteration.__call__ = counting_init, counting_call
+    rank = os.environ.get("RANK", "0")
+    report = f"[force-ddp] rank {rank}: {{ddp}} DDP modules in the graph, {{replays}} replays"
+    atexit.register(lambda: print(report.format(**seen), flush=True))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ tests/test_cuda.py, run by tests/gpu_checks.sh."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,53 @@ def test_the_emulation_sees_a_graph_without_its_all_reduces(run_dir: Path, eager
     assert _values(graphed)[2] != _values(eager)[2]  # step 24: after 9 replays without the all-reduce
     ranks = _rank_fingerprints(run_dir, 24)
     assert ranks[0]["critic"] != ranks[1]["critic"]
+
+
+@pytest.fixture
+def one_process_group(monkeypatch):
+    """A 1-process gloo group, so that DDP can wrap a module in this process."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29_400 + os.getpid() % 500))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("static_graph", [False, True])
+def test_ddp_without_the_recipe_is_refused_with_the_way_out(one_process_group, monkeypatch, static_graph) -> None:
+    """The recipe's settings are checked before any warm-up: async error handling unset, or a DDP module built
+    without static_graph, is refused with a message naming the setting (make_accelerator sets both)."""
+    from graph_emulation import EmulatedBackend
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trainer.accel import cuda_graph
+    from trainer.errors import TrainerError
+
+    monkeypatch.setattr(cuda_graph, "BACKEND", EmulatedBackend())
+    ddp = cuda_graph.ddp_modules((nn.Linear(2, 1), DistributedDataParallel(nn.Linear(2, 2), static_graph=static_graph)))
+    assert len(ddp) == 1
+    monkeypatch.setenv(cuda_graph.ASYNC_ERROR_HANDLING, "1")
+    with pytest.raises(TrainerError, match="TORCH_NCCL_ASYNC_ERROR_HANDLING=0 before the process group starts"):
+        cuda_graph.check_runtime("cpu", ddp)
+    monkeypatch.setenv(cuda_graph.ASYNC_ERROR_HANDLING, "0")
+    if static_graph:
+        cuda_graph.check_runtime("cpu", ddp)  # the recipe is met
+    else:
+        with pytest.raises(TrainerError, match=r"needs DDP's static graph"):
+            cuda_graph.check_runtime("cpu", ddp)
+
+
+def test_one_process_under_ddp_is_graphed_as_on_one_gpu(tmp_path: Path) -> None:
+    """World size 1 with DDP forced around the networks (what tests/test_cuda.py runs with NCCL on one GPU): the
+    graph holds both DDP modules, replays 6 steps, and the job logs the eager job's values exactly."""
+    runs = {}
+    for name, extra, env in (("eager", (), {}), ("graphed", ("speed.cuda_graph=true",), EMULATE)):
+        run_dir = tmp_path / name
+        args = (f"run.dir={run_dir}", *TINY, "log.every=10", "speed.fused_adam=true", "train.steps=20", *extra)
+        proc = ok(torchrun_train(1, *args, env_extra={"WGAN_GP_FORCE_DDP": "1", **env}))
+        runs[name] = (proc.stdout, read_metrics(run_dir))
+    assert "[force-ddp] rank 0: 2 DDP modules in the graph, 6 replays" in runs["graphed"][0]
+    assert _values(runs["graphed"][1]) == _values(runs["eager"][1])
