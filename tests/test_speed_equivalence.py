@@ -139,10 +139,12 @@ def test_static_feed_draws_what_the_eager_step_draws(plain, monkeypatch):
 
 
 def test_compiled_main_pass_with_eager_penalty_keeps_the_math(plain):
-    """torch.compile wiring (dynamo + aot_autograd for G and the critic's main pass, the penalty eager); the
-    aot_eager backend skips inductor's code generation, which takes minutes on 2 cores (the bench measures it)."""
+    """speed.compile_scope=modules: dynamo + aot_autograd for G and the critic's main pass, the penalty eager
+    (autograd.grad); the aot_eager backend skips inductor's code generation. The default scope, each whole loss
+    compiled with the penalty inside, is compared with the eager step in tests/test_compiled_loss.py."""
     torch._dynamo.reset()
-    assert_same(plain, run_trainer("speed.compile=true", "speed.compile_backend=aot_eager"))
+    overrides = ("speed.compile=true", "speed.compile_backend=aot_eager", "speed.compile_scope=modules")
+    assert_same(plain, run_trainer(*overrides))
 
 
 def test_the_tolerances_catch_a_real_change(plain):

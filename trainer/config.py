@@ -20,6 +20,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb", "tensorboard")
 ARTIFACTS = ("none", "generator", "checkpoint")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+COMPILE_SCOPES = ("loss", "modules")  # trainer.accel.compiled; trainer.accel.speed.compile_pair
 
 
 @dataclass
@@ -117,7 +118,8 @@ class EvalConfig:
 @dataclass
 class SpeedConfig:
     channels_last: Optional[bool] = None  # NHWC conv presets; None = where measured faster (conv-small on CPU)
-    compile: bool = False  # torch.compile of G and of the critic's main pass (the penalty stays eager); False = eager
+    compile: bool = False  # torch.compile (speed.compile_scope); False = eager
+    compile_scope: str = "loss"  # loss: each whole loss compiled, penalty inside; modules: G and D calls, penalty eager
     compile_backend: str = "inductor"  # torch.compile backend when speed.compile (aot_eager: no codegen, for debugging)
     fused_adam: Optional[bool] = None  # Adam's fused kernel (one launch, sync-free NaN skips); None = on CUDA only
     joint_forward: Optional[bool] = None  # one critic pass over real+fake (else two); None = one on GPUs, two on CPUs
@@ -370,6 +372,7 @@ def _check_speed(cfg: Config) -> None:
         )
     _positive("loss.lazy_penalty", loss.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
     _choice("speed.compile_backend", s.compile_backend, COMPILE_BACKENDS)
+    _choice("speed.compile_scope", s.compile_scope, COMPILE_SCOPES)
     if s.cuda_graph:
         _check_cuda_graph(cfg)
 

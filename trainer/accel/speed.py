@@ -32,8 +32,14 @@ def to_channels_last(*modules: nn.Module) -> None:
             module.to(memory_format=torch.channels_last)
 
 
+def compile_losses(cfg: Config) -> bool:
+    """speed.compile with scope `loss`: each whole loss one compiled function (trainer.accel.compiled)."""
+    return cfg.speed.compile and cfg.speed.compile_scope == "loss"
+
+
 def compile_pair(generator: nn.Module, critic: nn.Module, backend: str = "inductor") -> None:
-    """torch.compile of the generator and of the critic's ordinary calls, in place (state_dict keys unchanged).
+    """speed.compile_scope=modules: torch.compile of the generator and of the critic's ordinary calls, in place
+    (state_dict keys unchanged).
 
     `Module.compile` replaces only `__call__`: the main critic pass and the generator step's critic call are compiled,
     while the penalty, which calls the class's own `forward` (trainer.accel.runtime.fp32_forward), stays eager, because
@@ -53,7 +59,7 @@ def apply_speed(cfg: Config, generator: nn.Module, critic: nn.Module, accelerato
         )
     if channels_last(cfg, accelerator.device) and not deepspeed:
         to_channels_last(generator, critic)
-    if cfg.speed.compile:
+    if cfg.speed.compile and not compile_losses(cfg):
         compile_pair(generator, critic, cfg.speed.compile_backend)
     set_tf32(cfg.speed.tf32)
     torch.backends.cudnn.benchmark = cfg.speed.cudnn_benchmark

@@ -11,8 +11,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
+from trainer.accel.compiled import compiled_losses
 from trainer.accel.runtime import fp32_forward, prepare_pair, raw_module
-from trainer.accel.speed import adam_flags, apply_speed, critic_backward_kwargs, joint_forward
+from trainer.accel.speed import adam_flags, apply_speed, compile_losses, critic_backward_kwargs, joint_forward
 from trainer.accel.timer import PhaseTimer
 from trainer.config import Config
 from trainer.core.augment import diff_augment
@@ -21,7 +22,7 @@ from trainer.core.guard import NonFiniteGuard
 from trainer.core.inputs import Draws
 from trainer.core.losses import LOSSES, LossSpec, Objective, Penalty, acgan_critic_term, drift_term
 from trainer.core.schedule import lr_factor
-from trainer.core.step import TrainState, Update, iteration, joint_pass, two_passes
+from trainer.core.step import TrainState, Update, critic_loss, generator_loss, iteration, joint_pass, two_passes
 from trainer.data.registry import DATASETS, Batches, make_batches
 from trainer.nets.models import build_models
 from trainer.run.stats import Stats
@@ -87,13 +88,17 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
     penalty = make_penalty(cfg, spec, critic, timer)
     objective = make_objective(cfg, spec, penalty, num_classes)
     critic_raw = raw_module(critic)
-    joint = joint_forward(cfg, accelerator.device)
+    scores = joint_pass(critic) if joint_forward(cfg, accelerator.device) else two_passes(critic, critic_raw)
+    losses = critic_loss(scores, objective), generator_loss(generator, critic_raw, objective)
+    if compile_losses(cfg):  # speed.compile: each whole loss one compiled function, the penalty inside
+        losses = compiled_losses(scores, objective, penalty, losses[1], cfg.speed.compile_backend)
     backward_d = partial(accelerator.backward, **critic_backward_kwargs(cfg, accelerator, critic))  # none into x_hat
     state = TrainState(
         generator=generator,
         sample=raw_module(generator),
         critic=critic_raw,
-        scores=joint_pass(critic) if joint else two_passes(critic, critic_raw),
+        critic_loss=losses[0],
+        generator_loss=losses[1],
         objective=objective,
         update_critic=Update(opt_d, critic, backward_d, guard, partial(objective.after_critic_update, critic_raw)),
         update_generator=Update(opt_g, generator, accelerator.backward, guard),

@@ -23,28 +23,41 @@ def interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
     return eps * real + (1 - eps) * fake
 
 
+def input_gradient(critic: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """d(sum D(x))/dx by autograd, its graph kept (create_graph) so that the loss's backward is a double backward."""
+    x = x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad
+
+
+def functional_input_gradient(critic: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The same gradient by torch.func: inside torch.compile the traced graph stays first order (aot_autograd refuses
+    autograd.grad with create_graph there), and the loss's backward differentiates it like any other op."""
+    return torch.func.grad(lambda inputs: critic(inputs).sum())(x)
+
+
 def gradient_penalty(
     critic: Callable[[Tensor], Tensor],
     real: Tensor,
     fake: Tensor,
     eps: Optional[Tensor] = None,
     one_sided: bool = False,
+    gradient: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor] = input_gradient,
 ) -> tuple[Tensor, Tensor]:
     """E[(||grad_x D(x_hat)||_2 - 1)^2] (one-sided: only norms above 1 pay), and the per-sample norms (detached).
 
     All of it (interpolation, forward, input gradient, norm) runs in float32 with autocast off, also when the caller
     wraps the step in its own autocast; pass an fp32 forward (trainer.accel.runtime.fp32_forward) for a prepared
-    model, whose own forward Accelerate has wrapped in autocast. The graph is kept (create_graph) so that
-    backpropagating the penalty reaches the critic's parameters.
+    model, whose own forward Accelerate has wrapped in autocast. `gradient` keeps the graph (input_gradient, or
+    functional_input_gradient inside torch.compile) so that backpropagating the penalty reaches the critic's
+    parameters.
     """
     with torch.autocast(device_type=real.device.type, enabled=False):
         real, fake = real.detach().float(), fake.detach().float()
         if eps is None:
             eps = torch.rand(real.shape[0], device=real.device)
-        x_hat = interpolate(real, fake, eps).requires_grad_(True)
-        out = critic(x_hat)
         # Samples do not interact in a critic without batch statistics, so d(sum)/dx_i = dD(x_i)/dx_i.
-        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+        grad = gradient(critic, interpolate(real, fake, eps))
         norm = torch.sqrt(grad.flatten(1).pow(2).sum(dim=1) + SQRT_EPS)
         gap = norm - 1
         if one_sided:
@@ -154,15 +167,23 @@ class Penalty:
     fraction: float = 1.0
     clock: int = 0
     around: Callable[[], ContextManager] = nullcontext  # e.g. a phase timer around the penalty's own work
+    gradient: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor] = input_gradient  # see gradient_penalty
 
     def __call__(self, b: CriticBatch) -> tuple[Optional[Tensor], Stats]:
+        return self.term(b) if self.tick() else (None, {})
+
+    def tick(self) -> bool:
+        """Advances the clock by one critic step; True when this step pays."""
         due, self.clock = self.clock % self.every == 0, self.clock + 1
-        if not due:
-            return None, {}
+        return due
+
+    def term(self, b: CriticBatch) -> tuple[Tensor, Stats]:
+        """The penalty term of a step that pays (the clock left alone: trainer.accel.compiled ticks it outside)."""
         rows = max(1, round(self.fraction * b.real.shape[0]))
         with self.around():
+            real, fake, eps = b.real[:rows], b.fake[:rows], b.eps[:rows]
             penalty, norms = gradient_penalty(
-                self.forward, b.real[:rows], b.fake[:rows], b.eps[:rows], one_sided=self.one_sided
+                self.forward, real, fake, eps, one_sided=self.one_sided, gradient=self.gradient
             )
         return self.weight * self.every * penalty, {"penalty": penalty, "grad_norm": norms}
 

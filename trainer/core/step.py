@@ -1,7 +1,8 @@
 """One critic step and one generator step of Algorithm 1 (Gulrajani et al. 2017), on objects built once.
 
-The steps take their inputs and return their statistics; which critic forward (one joint pass or two), which backward
-(DDP, DeepSpeed, parameters only), the fp32 penalty and the loss are objects the builder chose (trainer.core.build).
+The steps take their inputs and return their statistics; the two losses (eager compositions below, or compiled ones:
+trainer.accel.compiled), which critic forward (one joint pass or two), which backward (DDP, DeepSpeed, parameters
+only) and the fp32 penalty are objects the builder chose (trainer.core.build).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from trainer.core.guard import NonFiniteGuard
 from trainer.core.losses import CriticBatch, Objective, Stats
 
 Scores = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]  # D(real), D(fake) in float32, their class logits
+Augment = Callable[[Tensor], Tensor]
+CriticLoss = Callable[[Tensor, Tensor, Optional[Tensor], Tensor], tuple[Tensor, Stats]]  # (real, fake, labels, eps)
+GeneratorLoss = Callable[[Tensor, Optional[Tensor], Augment], Tensor]  # (z, labels, augment)
 
 
 @dataclass
@@ -40,21 +44,22 @@ class Update:
 
 @dataclass
 class TrainState:
-    """The networks, their updates and the objective one training run steps (built by trainer.core.build).
+    """The networks, their losses and updates one training run steps (built by trainer.core.build).
 
     `generator` is the prepared (DDP) generator; `sample` the raw one, for fakes without gradients; `critic` the raw
-    critic, called outside DDP in the generator step (its gradients are not needed there); `scores` the critic's
-    main pass over real and fake, through DDP.
+    critic, frozen in the generator step; `critic_loss` and `generator_loss` the whole losses of a batch (the
+    compositions below, or compiled: trainer.accel.compiled); `objective` the terms they add up.
     """
 
     generator: nn.Module
     sample: nn.Module
     critic: nn.Module
-    scores: Callable[[Tensor, Tensor], Scores]
+    critic_loss: CriticLoss
+    generator_loss: GeneratorLoss
     objective: Objective
     update_critic: Update
     update_generator: Update
-    augment: Callable[[Tensor], Tensor] = identity  # DiffAugment on every critic input (data.augment); default none
+    augment: Augment = identity  # DiffAugment on every critic input (data.augment); default none
     step: int = 0  # generator steps done
 
 
@@ -63,18 +68,15 @@ def critic_step(s: TrainState, real: Tensor, labels: Optional[Tensor], z: Tensor
     with torch.no_grad():  # conditional: the fakes take the real batch's labels, as the paper's AC-GAN code
         fake = s.sample(z, labels).float()
     real, fake = s.augment(real), s.augment(fake)  # the critic sees both augmented; x_hat mixes the augmented pair
-    d_real, d_fake, logits_real, logits_fake = s.scores(real, fake)
-    batch = CriticBatch(real, fake, eps, labels, d_real, d_fake, logits_real, logits_fake)
-    loss, stats = s.objective.critic_loss(batch)  # E[D(fake)] - E[D(real)] + lambda * GP (+ the loss's options)
+    loss, stats = s.critic_loss(real, fake, labels, eps)  # E[D(fake)] - E[D(real)] + lambda * GP (+ the options)
     s.update_critic(loss)
-    return {**stats, "loss_d": loss, "wasserstein": d_real.mean() - d_fake.mean(), "d_real": d_real.mean()}
+    return {**stats, "loss_d": loss}
 
 
 def generator_step(s: TrainState, z: Tensor, labels: Optional[Tensor]) -> Stats:
     """Algorithm 1, lines 11-12: one generator update through the critic, whose weights take no gradient."""
     with frozen(s.critic):
-        d_fake, logits = s.critic(s.augment(s.generator(z, labels)), with_classes=True)
-        loss = s.objective.generator_loss(d_fake.float(), logits, labels)  # -E[D(G(z))]
+        loss = s.generator_loss(z, labels, s.augment)  # -E[D(G(z))], G(z) augmented as the critic's inputs
         s.update_generator(loss)
     return {"loss_g": loss}
 
@@ -102,6 +104,29 @@ def frozen(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.requires_grad_(True)
+
+
+def critic_loss(scores: Callable[[Tensor, Tensor], Scores], objective: Objective) -> CriticLoss:
+    """The critic loss of a batch: the critic's main pass over real and fake, then the objective's terms."""
+
+    def loss(real: Tensor, fake: Tensor, labels: Optional[Tensor], eps: Tensor) -> tuple[Tensor, Stats]:
+        d_real, d_fake, logits_real, logits_fake = scores(real, fake)
+        value, stats = objective.critic_loss(
+            CriticBatch(real, fake, eps, labels, d_real, d_fake, logits_real, logits_fake)
+        )
+        return value, {**stats, "wasserstein": d_real.mean() - d_fake.mean(), "d_real": d_real.mean()}
+
+    return loss
+
+
+def generator_loss(generator: nn.Module, critic: nn.Module, objective: Objective) -> GeneratorLoss:
+    """The generator loss of a noise batch: G(z), augmented, through the critic, then the objective's terms."""
+
+    def loss(z: Tensor, labels: Optional[Tensor], augment: Augment) -> Tensor:
+        d_fake, logits = critic(augment(generator(z, labels)), with_classes=True)
+        return objective.generator_loss(d_fake.float(), logits, labels)
+
+    return loss
 
 
 def joint_pass(critic: nn.Module) -> Callable[[Tensor, Tensor], Scores]:
