@@ -4,12 +4,14 @@ tests/gpu_checks.sh runs them (with the precision tests) on a GPU machine."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import TINY, ok, python_train, read_metrics
+from conftest import TINY, ok, python_train, read_metrics, run_cmd
 
 from trainer.accel.runtime import raw_module
 from trainer.bench.race import TrainerStep, bench_images
@@ -68,3 +70,27 @@ def test_train_py_with_cuda_graph_resumes(run_dir: Path) -> None:
     assert [m["step"] for m in metrics] == [3, 6, 9, 12]
     assert all(math.isfinite(m["loss_d"]) and math.isfinite(m["penalty"]) for m in metrics)
     assert all(m["skipped_updates"] == 0 and m["lr_d"] > 0 for m in metrics)
+
+
+def _torchrun_one_gpu_under_ddp(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 1` with NCCL and DDP forced around the networks (tests/faulty_train.py): DDP's
+    reducer and NCCL's all-reduce kernels run (and are captured) as with several GPUs."""
+    args = (f"run.dir={run_dir}", *TINY, "train.precision=bf16", "log.every=8", "checkpoint.every=16", *extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    return run_cmd([*cmd, "tests/faulty_train.py", *args], env={"WGAN_GP_FORCE_DDP": "1"})
+
+
+def test_cuda_graph_under_ddp_with_nccl_captures_the_all_reduce_and_resumes(tmp_path: Path) -> None:
+    """PyTorch's DDP + CUDA graphs recipe on one GPU: 11 warm-ups, the capture at step 13, replays, a checkpoint,
+    a resume that captures again; the job follows the eager DDP job to cuDNN's rounding."""
+    eager, graphed = tmp_path / "eager", tmp_path / "graphed"
+    ok(_torchrun_one_gpu_under_ddp(eager, "train.steps=32"))
+    first = ok(_torchrun_one_gpu_under_ddp(graphed, "train.steps=16", "speed.cuda_graph=true"))
+    second = ok(_torchrun_one_gpu_under_ddp(graphed, "train.steps=32", "speed.cuda_graph=true", "run.resume=latest"))
+    for proc in (first, second):
+        assert "capture failed" not in proc.stdout
+        assert "[force-ddp] rank 0: 2 DDP modules in the graph, 2 replays" in proc.stdout
+    keys = ("loss_d", "loss_g", "penalty", "wasserstein")
+    want, got = ([m[k] for m in read_metrics(run) for k in keys] for run in (eager, graphed))
+    assert [m["step"] for m in read_metrics(graphed)] == [8, 16, 24, 32]
+    assert torch.tensor(got) == pytest.approx(torch.tensor(want), rel=1e-2, abs=1e-3)
