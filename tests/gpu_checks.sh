@@ -1,73 +1,118 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks on one CUDA GPU, in one go (about 5 minutes on an H100): real train.py runs in bf16,
-# fp16 and bf16 with speed.cuda_graph; the CUDA tests (tests/test_cuda.py: graphed steps equal eager ones, train.py
-# with the graph resumes; tests/test_precision.py: bf16/fp16 main pass, fp32 penalty); then `python -m trainer.bench`
-# on the paper's CIFAR-10 ResNet (and the 64x64 ResNet) in bf16 with the fp32 penalty, raced against the plain fp32
-# reference loop. Results: $OUT (default gpu-out/): bench-*.json, logs, summary.txt; with RESULTS=DIR (another
-# folder) also DIR/results.tgz (all of them) and DIR/summary.txt, refreshed as the checks go.
+# Everything GPU-side in one call, at most 8 minutes on one H100/H200 (BUDGET seconds, default 470): real train.py
+# runs (bf16, fp16, bf16 with speed.cuda_graph through its capture and replays); the CUDA tests (tests/test_cuda.py:
+# graphed steps equal eager ones, train.py with the graph resumes, the graph under DDP with one NCCL process;
+# tests/test_precision.py: bf16/fp16 main pass, fp32 penalty; the compiled loss on CUDA); the penalty's parameter
+# gradients with TF32 convolutions against IEEE fp32; then `python -m trainer.bench` on the paper's CIFAR-10 ResNet
+# and the 64x64 ResNet in bf16 with the fp32 penalty, each raced against the plain fp32 loop in the same invocation.
+# Installs nothing (the GPU machine has no network). Stages that would overrun the budget are skipped and listed.
+#
+# Results in $OUT (default gpu-out/): gpu_checks.json (every figure), gpu_checks.log (everything printed), and the
+# raw bench-*.json / train-*.log / pytest.log; with RESULTS=DIR also DIR/gpu_checks.json, DIR/gpu_checks.log and
+# DIR/results.tgz, refreshed after every stage.
 #   bash tests/gpu_checks.sh            # everything
 #   bash tests/gpu_checks.sh bench      # the benchmarks only
 set -u
 OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
+PARTS="$OUT/parts"
+mkdir -p "$PARTS"
+exec > >(tee -a "$OUT/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
 PY=${PYTHON:-python3}
 what=${1:-all}
+BUDGET=${BUDGET:-470}
+START=$SECONDS
 
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, accelerate, torchvision; print('torch', torch.__version__, 'accelerate', accelerate.__version__,
-'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+left() { echo $((BUDGET - (SECONDS - START))); }
 
-summary() {  # one line per benchmark JSON
-    $PY - "$@" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, sys
-for path in sys.argv[1:]:
-    r = json.load(open(path))
-    a, b = (r[n] for n in r["contenders"])
-    frac = a["fraction_of_peak"]
-    print(f"{path.split('/')[-1]:34} trainer {a['ms_per_step']:7.2f} ms ({a['critic_img_per_s']:7.0f} img/s) "
-          f"{r['contenders'][1]} {b['ms_per_step']:7.2f} ms  speedup {r['speedup']:.2f}x  "
-          f"penalty share {a['penalty_share']:.0%}/{b['penalty_share']:.0%}  "
-          f"peak frac {'-' if frac is None else f'{frac:.1%}'}  GFLOP/step {a['flops_per_step'] / 1e9:.1f}  "
-          f"mem {a['peak_mem_mb']:.0f}/{b['peak_mem_mb']:.0f} MB")
-EOF
+fits() {  # fits NAME SECONDS: true if the stage's time limit still fits the budget, else records it as skipped
+    if [ "$(left)" -lt "$2" ]; then
+        echo "== skipped $1: needs up to $2 s, $(left) s left of the budget"
+        echo "{\"skipped\": \"needs up to $2 s, $(left) s left\"}" >"$PARTS/skip-$1.json"
+        return 1
+    fi
 }
 
-bench() {  # bench NAME TIMEOUT [bench args and overrides...]
-    local name=$1 limit=$2
-    shift 2
-    echo "== bench $name: $*" | tee -a "$OUT/bench.log"
-    timeout "$limit" $PY -m trainer.bench --rounds 5 --round-seconds 1 --out "$OUT/bench-$name.json" "$@" \
-        >>"$OUT/bench.log" 2>&1 || echo "bench $name failed or timed out (exit $?)" | tee -a "$OUT/summary.txt"
-    [ -f "$OUT/bench-$name.json" ] && summary "$OUT/bench-$name.json"
-}
-
-pack() {  # everything so far in one archive under $RESULTS (a lease returns only a few files)
-    [ -n "${RESULTS:-}" ] && tar czf "$RESULTS/results.tgz" -C "$OUT" . 2>/dev/null && cp "$OUT/summary.txt" "$RESULTS/"
+collect() {  # every part so far into gpu_checks.json (and into $RESULTS)
+    $PY tests/gpu_summary.py "$OUT" >/dev/null || echo "gpu_summary.py failed (exit $?)"
+    if [ -n "${RESULTS:-}" ]; then
+        cp "$OUT/gpu_checks.json" "$OUT/gpu_checks.log" "$RESULTS/" 2>/dev/null
+        tar czf "$RESULTS/results.tgz" -C "$OUT" . 2>/dev/null
+    fi
     true
 }
 
-if [ "$what" = all ]; then
-    echo "== train.py on the GPU (default offline job, 3 steps)" | tee -a "$OUT/summary.txt"
-    for extra in "train.precision=bf16" "train.precision=fp16" "train.precision=bf16 speed.cuda_graph=true"; do
-        name=$(echo "$extra" | tr ' =.' '___')
-        timeout 120 $PY train.py run.dir="$OUT/run-$name" train.steps=3 log.every=1 $extra >"$OUT/train-$name.log" 2>&1
-        echo "train.py $extra: exit $?; $(tail -n 1 "$OUT/run-$name/metrics.jsonl" 2>/dev/null | cut -c1-160)" |
-            tee -a "$OUT/summary.txt"
-        grep -v "it/s\]" "$OUT/train-$name.log" | grep -v "^\s*$" | tail -n 25 | tee -a "$OUT/summary.txt"
-        rm -rf "$OUT/run-$name/checkpoints" "$OUT/run-$name/samples"
-    done
-    echo "== CUDA tests" | tee -a "$OUT/summary.txt"
-    timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py tests/test_losses.py \
-        2>&1 | tail -25 | tee -a "$OUT/summary.txt"
-    pack
-fi
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv |
+    tee "$OUT/gpu.txt"
+$PY - "$PARTS/environment.json" <<'EOF'
+import json, sys, torch, accelerate, torchvision
+info = {"torch": torch.__version__, "accelerate": accelerate.__version__, "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(),
+        "nccl": ".".join(map(str, torch.cuda.nccl.version()))}
+print(json.dumps(info))
+json.dump(info, open(sys.argv[1], "w"))
+EOF
+
+train_run() {  # train_run NAME LIMIT overrides...: train.py on the GPU, its exit code and last metrics line
+    local name=$1 limit=$2
+    shift 2
+    fits "train-$name" "$limit" || return
+    timeout "$limit" $PY train.py run.dir="$OUT/run-$name" log.sample_every=0 "$@" >"$OUT/train-$name.log" 2>&1
+    local code=$?
+    echo "train.py $*: exit $code; $(tail -n 1 "$OUT/run-$name/metrics.jsonl" 2>/dev/null | cut -c1-200)"
+    grep -v "it/s\]" "$OUT/train-$name.log" | grep -v "^\s*$" | tail -n 8
+    $PY - "$OUT/run-$name" "$code" "$*" >"$PARTS/train-$name.json" <<'EOF'
+import json, sys
+from pathlib import Path
+run, code, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+print(json.dumps({"args": args, "exit": code, "logged_steps": len(lines), "last": json.loads(lines[-1]) if lines else None}))
+EOF
+    rm -rf "$OUT/run-$name/checkpoints"
+    collect
+}
+
+bench() {  # bench NAME LIMIT [bench args and overrides...]
+    local name=$1 limit=$2
+    shift 2
+    fits "bench-$name" "$limit" || return
+    echo "== bench $name: $*"
+    timeout "$limit" $PY -m trainer.bench --rounds 4 --round-seconds 1 --out "$OUT/bench-$name.json" "$@" \
+        >"$OUT/bench-$name.log" 2>&1
+    local code=$?
+    tail -n 16 "$OUT/bench-$name.log"
+    [ $code -eq 0 ] || echo "{\"exit\": $code, \"args\": \"$*\"}" >"$PARTS/bench-$name-failed.json"
+    collect
+}
 
 if [ "$what" = all ]; then
-    echo "== the penalty's parameter gradients, resnet32: PyTorch's float32 modes (TF32 convs, the default) vs IEEE" |
-        tee -a "$OUT/summary.txt"
-    timeout 60 $PY - <<'EOF' 2>&1 | tail -n 3 | tee -a "$OUT/summary.txt"
-import torch
+    echo "== train.py on the GPU (the default offline job)"
+    train_run bf16 60 train.steps=3 log.every=1 train.precision=bf16
+    train_run fp16 60 train.steps=3 log.every=1 train.precision=fp16
+    # 12 steps, one log at the end: 3 eager warm-ups, the capture at step 4, replays 5-11, the timed step 12
+    train_run bf16-graph 75 train.steps=12 log.every=12 train.precision=bf16 speed.cuda_graph=true
+
+    if fits pytest 200; then
+        echo "== CUDA tests"
+        tests=(tests/test_cuda.py tests/test_precision.py tests/test_losses.py)
+        [ -f tests/test_compiled_loss.py ] && tests+=(tests/test_compiled_loss.py)
+        timeout 200 $PY -m pytest -q -p no:cacheprovider -rs "${tests[@]}" >"$OUT/pytest.log" 2>&1
+        code=$?
+        tail -n 25 "$OUT/pytest.log"
+        $PY - "$OUT/pytest.log" "$code" >"$PARTS/pytest.json" <<'EOF'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+summary = next((line.strip("= ") for line in reversed(lines) if " in " in line and ("passed" in line or "failed" in line)), "")
+failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+print(json.dumps({"exit": int(sys.argv[2]), "summary": summary, "failed": failed}))
+EOF
+        collect
+    fi
+
+    if fits penalty-tf32 60; then
+        echo "== the penalty's parameter gradients, resnet32: PyTorch's float32 modes (TF32 convs, the default) vs IEEE"
+        timeout 60 $PY - >"$PARTS/penalty-tf32.json" <<'EOF'
+import json, torch
 from trainer.accel.speed import float32_modes
 from trainer.core.losses import gradient_penalty
 from trainer.nets.models import build_models
@@ -79,23 +124,28 @@ def grads(modes):
     with float32_modes(modes):
         penalty, _ = gradient_penalty(critic, real, fake, eps)
         found = torch.autograd.grad(penalty, params, allow_unused=True)
-        return torch.cat([g.flatten() for g in found if g is not None])
-ieee, default = grads(("ieee", "ieee")), grads(("none", "tf32"))
-print(f"penalty parameter gradients, TF32 convs vs IEEE: relative difference {((default - ieee).norm() / ieee.norm()).item():.2e}")
+        return penalty.item(), torch.cat([g.flatten() for g in found if g is not None])
+(p_ieee, ieee), (p_default, default) = grads(("ieee", "ieee")), grads(("none", "tf32"))
+print(json.dumps({"relative_gradient_difference": ((default - ieee).norm() / ieee.norm()).item(),
+                  "penalty_ieee": p_ieee, "penalty_tf32_convs": p_default}))
 EOF
+        cat "$PARTS/penalty-tf32.json"
+        collect
+    fi
 fi
 
-C10=(--config configs/cifar10-resnet.yaml --synthetic 10000)
-bench resnet32-bf16-graph 100 "${C10[@]}" train.precision=bf16 speed.cuda_graph=true
-bench resnet32-bf16-graph-ieee 100 "${C10[@]}" train.precision=bf16 speed.cuda_graph=true speed.tf32=false
-bench resnet32-bf16-eager 100 "${C10[@]}" train.precision=bf16
-pack
-bench resnet32-fp32-graph 100 "${C10[@]}" train.precision=no speed.cuda_graph=true
-bench resnet64-bf16-graph 150 --config configs/celeba64.yaml --synthetic 2000 train.precision=bf16 speed.cuda_graph=true
-pack
-bench resnet32-bf16-cudnn-benchmark 100 "${C10[@]}" train.precision=bf16 speed.cudnn_benchmark=true \
-    --against speed.cudnn_benchmark=false
-bench resnet32-bf16-graph-chlast 100 "${C10[@]}" train.precision=bf16 speed.cuda_graph=true speed.channels_last=true
-pack
-echo "== summary"
-cat "$OUT/summary.txt"
+C10=(--config configs/cifar10-resnet.yaml --synthetic 10000 train.precision=bf16)
+C64=(--config configs/celeba64.yaml --synthetic 2000 train.precision=bf16)
+bench resnet32-default 60 "${C10[@]}"
+bench resnet32-graph 60 "${C10[@]}" speed.cuda_graph=true
+bench resnet32-compile 120 "${C10[@]}" speed.compile=true
+bench resnet32-compile-graph 120 "${C10[@]}" speed.compile=true speed.cuda_graph=true
+bench resnet64-graph 75 "${C64[@]}" speed.cuda_graph=true
+bench resnet64-default 75 "${C64[@]}"
+bench resnet32-graph-ieee 60 "${C10[@]}" speed.cuda_graph=true speed.tf32=false
+bench resnet32-graph-chlast 60 "${C10[@]}" speed.cuda_graph=true speed.channels_last=true
+bench resnet32-fp32-graph 60 --config configs/cifar10-resnet.yaml --synthetic 10000 train.precision=no \
+    speed.cuda_graph=true
+collect
+echo "== summary ($((SECONDS - START)) s)"
+$PY tests/gpu_summary.py "$OUT"

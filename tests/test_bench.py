@@ -57,6 +57,7 @@ def test_bench_against_the_reference_writes_every_field(tmp_path):
         assert side["critic_img_per_s"] == pytest.approx(side["gen_it_per_s"] * 2 * 16)
         assert 0 < side["penalty_share"] < 1 and side["time_split_ms"]["penalty"] > 0
     assert math.isfinite(res["speedup"]) and res["speedup"] > 0
+    _gpu_summary_reads(out, res)
     # The same networks and math: equal FLOPs, less the gradient into the interpolates the trainer skips (< 3%).
     t, r = res["trainer"]["flops_per_step"], res["reference"]["flops_per_step"]
     assert 0.97 * r <= t <= r
@@ -121,3 +122,22 @@ def test_peak_table_by_device_name_and_override(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mystery GPU")
     assert peak_tflops(cuda, "bf16", False)[0] is None and peak_tflops(cuda, "bf16", False, 123.0)[0] == 123.0
     assert peak_tflops(torch.device("cpu"), "no", False)[0] is None
+
+
+def _gpu_summary_reads(bench_json, res: dict) -> None:
+    """tests/gpu_summary.py (what tests/gpu_checks.sh ends with) on this real bench result, a skipped stage and a
+    failed one: gpu_checks.json carries the bench's own figures, and the table row prints them."""
+    out = bench_json.parent / "gpu-out"
+    (out / "parts").mkdir(parents=True)
+    (out / "bench-resnet32-graph.json").write_text(bench_json.read_text())
+    (out / "parts" / "skip-bench-resnet64-graph.json").write_text('{"skipped": "needs up to 75 s, 40 s left"}')
+    (out / "parts" / "bench-resnet32-compile-failed.json").write_text('{"exit": 124, "args": "speed.compile=true"}')
+    proc = ok(run_cmd([sys.executable, "tests/gpu_summary.py", str(out)]))
+    summary = json.loads((out / "gpu_checks.json").read_text())
+    row = summary["benches"]["resnet32-graph"]
+    assert row["speedup"] == res["speedup"] and row["trainer_ms_per_step"] == res["trainer"]["ms_per_step"]
+    assert row["baseline"] == "reference" and row["speed"] == res["config"]["speed"]
+    assert summary["skipped"] == {"bench-resnet64-graph": "needs up to 75 s, 40 s left"}
+    assert summary["failed_benches"]["resnet32-compile"]["exit"] == 124
+    assert f"| resnet32-graph | {res['trainer']['ms_per_step']:.1f} |" in proc.stdout
+    assert "not measured: bench-resnet64-graph" in proc.stdout
