@@ -385,7 +385,11 @@ def _check_cuda_graph(cfg: Config) -> None:
         (t.precision == "fp16", "train.precision=fp16 (the GradScaler reads its overflow verdict on the host)", "bf16"),
         (s.fused_adam is False, "speed.fused_adam=false (the graph needs Adam's fused kernel)", "drop that override"),
         (cfg.loss.lazy_penalty > 1, "loss.lazy_penalty>1 (a graph replays one fixed step)", "loss.lazy_penalty=1"),
-        (s.compile, "speed.compile=true (compiled code and a hand-made graph do not mix)", "one of the two"),
+        (
+            s.compile and s.compile_backend == "cudagraphs",
+            "speed.compile_backend=cudagraphs (its own CUDA graphs cannot be captured inside this one)",
+            "speed.compile_backend=inductor",
+        ),
         (t.deepspeed is not None, "train.deepspeed (DeepSpeed's engines are not captured)", "DDP or one GPU"),
     ]
     for bad, what, fix in conflicts:

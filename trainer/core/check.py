@@ -49,6 +49,12 @@ def check(cfg: Config) -> None:
             f"loss.name={cfg.loss.name} is not supported under DeepSpeed: ZeRO keeps its own float32 copy of the "
             "weights, so clipping the module's weights would be undone by the next step. Train it without DeepSpeed."
         )
+    if cfg.speed.compile and cfg.speed.compile_scope == "loss" and zero.requested(cfg) is not None:
+        raise TrainerError(
+            "speed.compile=true compiles each whole loss, which under DeepSpeed traces into the engines' forward: "
+            "their step counters change every step and recompile it until torch.compile gives up. Under DeepSpeed use "
+            "speed.compile_scope=modules (G and the critic's calls compiled, the penalty eager), or train with DDP."
+        )
     if cfg.model.conditional:
         _check_conditional(cfg)
     _check_compatible(cfg, DATASETS[cfg.data.name], PRESETS[cfg.model.name])
