@@ -111,9 +111,8 @@ def critic_loss(scores: Callable[[Tensor, Tensor], Scores], objective: Objective
 
     def loss(real: Tensor, fake: Tensor, labels: Optional[Tensor], eps: Tensor) -> tuple[Tensor, Stats]:
         d_real, d_fake, logits_real, logits_fake = scores(real, fake)
-        value, stats = objective.critic_loss(
-            CriticBatch(real, fake, eps, labels, d_real, d_fake, logits_real, logits_fake)
-        )
+        batch = CriticBatch(real, fake, eps, labels, d_real, d_fake, logits_real, logits_fake)
+        value, stats = objective.critic_loss(batch)  # the loss's own terms, then AC-GAN, penalty, drift
         return value, {**stats, "wasserstein": d_real.mean() - d_fake.mean(), "d_real": d_real.mean()}
 
     return loss
