@@ -125,7 +125,7 @@ class SpeedConfig:
     joint_forward: Optional[bool] = None  # one critic pass over real+fake (else two); None = one on GPUs, two on CPUs
     backward_params_only: bool = True  # critic backward to its weights only (skips x_hat's unused grad); False = plain
     tf32: Optional[bool] = None  # CUDA fp32 modes: None = PyTorch's (TF32 conv, IEEE matmul); True/False = TF32/IEEE
-    cuda_graph: bool = False  # one CUDA graph per generator step (1 GPU, bf16/fp32, fused Adam); False = eager
+    cuda_graph: bool = False  # one CUDA graph per generator step (1 GPU or DDP, bf16/fp32, fused Adam); False = eager
     cudnn_benchmark: bool = False  # cuDNN times its algorithms per shape once, keeps the fastest; False = heuristics
 
 
