@@ -23,6 +23,7 @@ def bench_row(result: dict) -> dict:
         "achieved_tflops": trainer["achieved_tflops"],
         "penalty_share": trainer["penalty_share"],
         "peak_mem_mb": [trainer["peak_mem_mb"], other["peak_mem_mb"]],
+        "warmup_s": [trainer["warmup_s"], other["warmup_s"]],  # the untimed first steps (compilation among them)
         "precision": result["precision"],
         "device": result["device"],
         "speed": result["config"]["speed"],

@@ -24,7 +24,7 @@ TINY_BENCH = [
 SIDE_FIELDS = {
     "gen_it_per_s", "critic_img_per_s", "ms_per_step", "cpu_ms_per_step", "time_split_ms", "penalty_share",
     "peak_mem_mb", "flops_per_step", "achieved_tflops", "fraction_of_peak", "rounds_it_per_s", "fp32_modes",
-    "cudnn_benchmark",
+    "cudnn_benchmark", "warmup_s",
 }  # fmt: skip
 TOP_FIELDS = {
     "speedup", "speedup_of_medians", "speedup_cpu_time", "contenders", "against", "device", "precision", "threads",
@@ -54,6 +54,7 @@ def test_bench_against_the_reference_writes_every_field(tmp_path):
         assert set(side) == SIDE_FIELDS
         assert set(side["time_split_ms"]) == {"critic", "penalty", "generator"}
         assert side["gen_it_per_s"] > 0 and len(side["rounds_it_per_s"]) == 2
+        assert side["warmup_s"] > 0  # one untimed step (--warmup 1)
         assert side["critic_img_per_s"] == pytest.approx(side["gen_it_per_s"] * 2 * 16)
         assert 0 < side["penalty_share"] < 1 and side["time_split_ms"]["penalty"] > 0
     assert math.isfinite(res["speedup"]) and res["speedup"] > 0
@@ -137,6 +138,7 @@ def _gpu_summary_reads(bench_json, res: dict) -> None:
     row = summary["benches"]["resnet32-graph"]
     assert row["speedup"] == res["speedup"] and row["trainer_ms_per_step"] == res["trainer"]["ms_per_step"]
     assert row["baseline"] == "reference" and row["speed"] == res["config"]["speed"]
+    assert row["warmup_s"] == [res["trainer"]["warmup_s"], res["reference"]["warmup_s"]]
     assert summary["skipped"] == {"bench-resnet64-graph": "needs up to 75 s, 40 s left"}
     assert summary["failed_benches"]["resnet32-compile"]["exit"] == 124
     assert f"| resnet32-graph | {res['trainer']['ms_per_step']:.1f} |" in proc.stdout

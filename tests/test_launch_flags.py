@@ -38,6 +38,15 @@ def test_dynamo_backend_without_a_speed_compile_backend_is_refused(run_dir: Path
     assert not (run_dir / "metrics.jsonl").exists()
 
 
+def test_dynamo_backend_cudagraphs_with_speed_cuda_graph_is_refused(run_dir: Path) -> None:
+    """Any other backend may be compiled inside speed.cuda_graph's capture; cudagraphs' own graphs may not."""
+    args = (f"run.dir={run_dir}", "train.steps=1", "speed.cuda_graph=true", *TINY)
+    proc = launch("--cpu", "--dynamo_backend", "cudagraphs", args=args)
+    assert proc.returncode != 0 and "error: --dynamo_backend cudagraphs cannot run with speed.cuda_graph" in proc.stderr
+    assert "Use --dynamo_backend inductor, or drop speed.cuda_graph." in proc.stderr
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
 def test_gradient_accumulation_is_refused(run_dir: Path) -> None:
     """accelerate launch passes --gradient_accumulation_steps on only with DeepSpeed (ACCELERATE_GRADIENT_ACCUMULATION_
     STEPS); there and when the variable is set by hand the run stops before any model with the way out."""

@@ -18,8 +18,8 @@ speed.cuda_graph is on), and at least 11 DDP iterations run eagerly on a side st
 reducer rebuilds its buckets and logs with host syncs during its first iterations).
 
 Requirements, checked before any GPU work (trainer.config) and at start-up (`check_runtime`): CUDA, bf16 or fp32
-(fp16's GradScaler reads its verdict on the host), Adam with its fused kernel, no lazy penalty, no torch.compile, no
-DeepSpeed.
+(fp16's GradScaler reads its verdict on the host), Adam with its fused kernel, no lazy penalty, no DeepSpeed; with
+speed.compile, any backend but `cudagraphs` (whose own graphs cannot be captured inside this one).
 """
 
 from __future__ import annotations

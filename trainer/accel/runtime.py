@@ -94,8 +94,8 @@ def busy_cpu_warning(threads: int, requested: int) -> str:
 
 def launcher_flags(cfg: Config) -> None:
     """`accelerate launch` flags that reach the script as ACCELERATE_* variables: --dynamo_backend X becomes
-    speed.compile=true speed.compile_backend=x (what the README's speed options describe: G and the critic's main pass
-    compiled, the penalty eager); gradient accumulation is refused (see the message)."""
+    speed.compile=true speed.compile_backend=x (what the README's speed options describe: with speed.compile_scope's
+    default, each whole loss compiled, the penalty inside); gradient accumulation is refused (see the message)."""
     steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").strip().lower()
     if steps not in ("1", "auto", ""):
         raise TrainerError(
@@ -117,8 +117,11 @@ def launcher_flags(cfg: Config) -> None:
     mode = os.environ.get("ACCELERATE_DYNAMO_MODE", "default")
     if mode not in ("default", ""):
         raise TrainerError(f"{flag} --dynamo_mode {mode}: only the default mode is mapped; drop --dynamo_mode.")
-    if cfg.speed.cuda_graph:
-        raise TrainerError(f"{flag} cannot run with speed.cuda_graph=true (compiled code and a graph do not mix).")
+    if cfg.speed.cuda_graph and backend == "cudagraphs":
+        raise TrainerError(
+            f"{flag} cannot run with speed.cuda_graph=true (its own CUDA graphs cannot be captured inside this one). "
+            f"Use --dynamo_backend inductor, or drop speed.cuda_graph."
+        )
     if cfg.speed.compile and cfg.speed.compile_backend != backend:
         raise TrainerError(
             f"{flag} contradicts speed.compile_backend={cfg.speed.compile_backend}; keep one of the two."

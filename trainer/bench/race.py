@@ -99,6 +99,7 @@ class Contender:
         self.seconds_per_step: list[float] = []
         self.cpu_seconds_per_step: list[float] = []  # this process's CPU time: robust to other users' load at 1 thread
         self.peak_mb, self.split_ms, self.flops = 0.0, {}, 0
+        self.warmup_seconds = 0.0  # the untimed first steps: compilation, cuDNN plans, a CUDA graph's warm-up
 
     def run(self, steps: int) -> tuple[float, float]:
         """(wall, process CPU) seconds for `steps` steps, the device drained before and after."""
@@ -143,7 +144,8 @@ def race(contenders: list[Contender], args: argparse.Namespace) -> None:
     """Warm-up, steps per round calibrated to --round-seconds, rounds alternating A, B, A, B; then split and FLOPs."""
     per_round, warmup = {}, max(args.warmup, 1)
     for c in contenders:
-        per_round[c.name] = agreed(max(1, round(args.round_seconds * warmup / max(c.run(warmup)[0], 1e-9))), c.device)
+        c.warmup_seconds = c.run(warmup)[0]
+        per_round[c.name] = agreed(max(1, round(args.round_seconds * warmup / max(c.warmup_seconds, 1e-9))), c.device)
     for _ in range(args.rounds):
         for c in contenders:
             seconds, cpu_seconds = c.run(per_round[c.name])
@@ -171,6 +173,7 @@ def summary(c: Contender, cfg: Config, peak: Optional[float], world: int) -> dic
         "rounds_it_per_s": [1 / s for s in c.seconds_per_step],
         "fp32_modes": dict(zip(("matmul", "conv"), c.modes, strict=True)),  # CUDA's TF32 use: tf32, ieee, none
         "cudnn_benchmark": c.benchmark,
+        "warmup_s": c.warmup_seconds,
     }
 
 
@@ -243,6 +246,7 @@ ROWS = [
     ("peak memory MB", "peak_mem_mb", "{:.0f}", 1),
     ("GFLOP per step", "flops_per_step", "{:.3g}", 1e-9),
     ("achieved TFLOP/s", "achieved_tflops", "{:.3g}", 1),
+    ("warm-up s (untimed steps)", "warmup_s", "{:.1f}", 1),
 ]
 
 
