@@ -5,7 +5,9 @@
 # tests/test_precision.py: bf16/fp16 main pass, fp32 penalty; the compiled loss on CUDA); the penalty's parameter
 # gradients with TF32 convolutions against IEEE fp32; then `python -m trainer.bench` on the paper's CIFAR-10 ResNet
 # and the 64x64 ResNet in bf16 with the fp32 penalty, each raced against the plain fp32 loop in the same invocation.
-# Installs nothing (the GPU machine has no network). Stages that would overrun the budget are skipped and listed.
+# Needs no network: run `bash tests/gpu_wheels.sh` first where pip works and carry .whl/ along (omegaconf and its
+# parser runtime, the two dependencies the GPU image lacks). Stages that would overrun the budget are skipped and
+# listed.
 #
 # Results in $OUT (default gpu-out/): gpu_checks.json (every figure), gpu_checks.log (everything printed), and the
 # raw bench-*.json / train-*.log / pytest.log; with RESULTS=DIR also DIR/gpu_checks.json, DIR/gpu_checks.log and
@@ -19,6 +21,11 @@ mkdir -p "$PARTS"
 exec > >(tee -a "$OUT/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
 PY=${PYTHON:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then  # pure-Python wheels tests/gpu_wheels.sh fetched (the GPU machine has no network)
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the trainer from this checkout, installed or not
 what=${1:-all}
 BUDGET=${BUDGET:-470}
 START=$SECONDS

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The wheels tests/gpu_checks.sh needs on a GPU machine without network, fetched here into .whl/ (ignored by git):
+# the GPU image has torch, accelerate, torchvision, torchmetrics, scipy, scikit-learn, pytest and the rest, but not
+# omegaconf (trainer.config) and its parser runtime antlr4 (an sdist on PyPI: built here into a pure-Python wheel).
+# Both are pure Python, so any interpreter there takes them. gpu_checks.sh installs .whl/*.whl when the folder is
+# there (carry it along: the device tool's `carry: [".whl"]`).
+set -eu
+cd "$(dirname "$0")/.."
+exclude="$(git rev-parse --git-common-dir)/info/exclude"
+grep -qx "/.whl/" "$exclude" 2>/dev/null || echo "/.whl/" >>"$exclude"
+mkdir -p .whl
+python3 -m pip download -q --no-deps --only-binary=:all: -d .whl omegaconf==2.3.0
+python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+ls -l .whl
