@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from datetime import timedelta
 
 import torch
@@ -138,7 +139,13 @@ def prepare_pair(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
 ) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Wraps both networks and optimizers for the launch (DDP, mixed precision, or one DeepSpeed engine each)."""
+    """Wraps both networks and optimizers for the launch (DDP, mixed precision, or one DeepSpeed engine each).
+
+    DDP compares each gradient's strides with its bucket's literally: a channels_last conv weight with one input
+    channel (conv-small's first layer on grey images) has two stride sets for the same memory, so DDP warned on every
+    CPU multi-process run that the layouts differ. The copy into the bucket is the same either way: not shown.
+    """
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     if accelerator.state.deepspeed_plugins is not None:
         return deepspeed_support.prepare_pair(accelerator, generator, critic, opt_g, opt_d)
     return accelerator.prepare(generator, critic, opt_g, opt_d)
