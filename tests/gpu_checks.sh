@@ -10,9 +10,10 @@
 # listed.
 #
 # Results in $OUT (default gpu-out/): gpu_checks.json (every figure), gpu_checks.log (everything printed), and the
-# raw bench-*.json / train-*.log / pytest.log; with RESULTS=DIR also DIR/gpu_checks.json, DIR/gpu_checks.log and
+# raw bench-*.json / train-*.log / pytest-*.log; with RESULTS=DIR also DIR/gpu_checks.json, DIR/gpu_checks.log and
 # DIR/results.tgz, refreshed after every stage.
 #   bash tests/gpu_checks.sh            # everything
+#   bash tests/gpu_checks.sh tests      # the tests only
 #   bash tests/gpu_checks.sh bench      # the benchmarks only
 set -u
 OUT=${OUT:-gpu-out}
@@ -79,6 +80,25 @@ EOF
     collect
 }
 
+pytest_stage() {  # pytest_stage NAME LIMIT test files...: their summary line, exit code and failures
+    local name=$1 limit=$2
+    shift 2
+    fits "pytest-$name" "$limit" || return
+    echo "== tests ($name): $*"
+    timeout "$limit" $PY -m pytest -q -p no:cacheprovider -rs "$@" >"$OUT/pytest-$name.log" 2>&1
+    local code=$?
+    tail -n 25 "$OUT/pytest-$name.log"
+    $PY - "$OUT/pytest-$name.log" "$code" >"$PARTS/pytest-$name.json" <<'EOF'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+import re
+summary = next((l.strip("= ") for l in reversed(lines) if re.match(r"=* ?\d+ (passed|failed|skipped|error)", l)), "")
+failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+print(json.dumps({"exit": int(sys.argv[2]), "summary": summary, "failed": failed}))
+EOF
+    collect
+}
+
 bench() {  # bench NAME LIMIT [bench args and overrides...]
     local name=$1 limit=$2
     shift 2
@@ -98,24 +118,13 @@ if [ "$what" = all ]; then
     train_run fp16 60 train.steps=3 log.every=1 train.precision=fp16
     # 12 steps, one log at the end: 3 eager warm-ups, the capture at step 4, replays 5-11, the timed step 12
     train_run bf16-graph 75 train.steps=12 log.every=12 train.precision=bf16 speed.cuda_graph=true
-
-    if fits pytest 200; then
-        echo "== CUDA tests"
-        tests=(tests/test_cuda.py tests/test_precision.py tests/test_losses.py)
-        [ -f tests/test_compiled_loss.py ] && tests+=(tests/test_compiled_loss.py)
-        timeout 200 $PY -m pytest -q -p no:cacheprovider -rs "${tests[@]}" >"$OUT/pytest.log" 2>&1
-        code=$?
-        tail -n 25 "$OUT/pytest.log"
-        $PY - "$OUT/pytest.log" "$code" >"$PARTS/pytest.json" <<'EOF'
-import json, sys
-lines = open(sys.argv[1]).read().splitlines()
-summary = next((line.strip("= ") for line in reversed(lines) if " in " in line and ("passed" in line or "failed" in line)), "")
-failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
-print(json.dumps({"exit": int(sys.argv[2]), "summary": summary, "failed": failed}))
-EOF
-        collect
-    fi
-
+fi
+if [ "$what" = all ] || [ "$what" = tests ]; then
+    # the CUDA tests first, on their own: their verdict is kept even if the second batch runs out of time
+    pytest_stage cuda 180 tests/test_cuda.py
+    pytest_stage precision-compile 150 tests/test_precision.py tests/test_losses.py tests/test_compiled_loss.py
+fi
+if [ "$what" = all ]; then
     if fits penalty-tf32 60; then
         echo "== the penalty's parameter gradients, resnet32: PyTorch's float32 modes (TF32 convs, the default) vs IEEE"
         timeout 60 $PY - >"$PARTS/penalty-tf32.json" <<'EOF'
@@ -141,6 +150,7 @@ EOF
     fi
 fi
 
+[ "$what" = tests ] && { collect; $PY tests/gpu_summary.py "$OUT"; exit 0; }
 C10=(--config configs/cifar10-resnet.yaml --synthetic 10000 train.precision=bf16)
 C64=(--config configs/celeba64.yaml --synthetic 2000 train.precision=bf16)
 bench resnet32-default 60 "${C10[@]}"

@@ -44,7 +44,7 @@ def gather(out: Path) -> dict:
     return {
         "environment": parts.pop("environment", None),
         "train_runs": {k.removeprefix("train-"): v for k, v in parts.items() if k.startswith("train-")},
-        "tests": parts.get("pytest"),
+        "tests": {k.removeprefix("pytest-"): v for k, v in parts.items() if k.startswith("pytest-")},
         "penalty_tf32_vs_ieee": parts.get("penalty-tf32"),
         "benches": dict(sorted(benches.items())),
         "failed_benches": {
@@ -73,8 +73,8 @@ def main(argv: list[str]) -> int:
     print("\n".join(table(results)))
     for name, run in results["train_runs"].items():
         print(f"train.py {name}: exit {run['exit']}, {run['logged_steps']} metrics lines")
-    if results["tests"]:
-        print(f"CUDA tests: {results['tests']['summary']} (exit {results['tests']['exit']})")
+    for name, tests in results["tests"].items():
+        print(f"tests ({name}): {tests.get('summary') or tests} (exit {tests.get('exit')})")
     if results["penalty_tf32_vs_ieee"]:
         print(f"penalty gradients TF32 convs vs IEEE: {results['penalty_tf32_vs_ieee']}")
     for name, why in {**results["skipped"], **results["failed_benches"]}.items():
