@@ -178,18 +178,13 @@ def test_compiled_losses_inside_the_emulated_cuda_graph(monkeypatch, capsys, sco
 
     from trainer.accel import cuda_graph
 
-    graphs = []
-
-    class Recorded(EmulatedBackend):
-        def new_graph(self):
-            graphs.append(super().new_graph())
-            return graphs[-1]
-
-    monkeypatch.setattr(cuda_graph, "BACKEND", Recorded())
+    backend = EmulatedBackend()
+    monkeypatch.setattr(cuda_graph, "BACKEND", backend)
     eager = semantics._run()
     AcceleratorState._reset_state(reset_partial_state=True)
     graphed = semantics._run("speed.cuda_graph=true", *AOT, f"speed.compile_scope={scope}")
     assert "capture failed" not in capsys.readouterr().out
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
-    assert len(graphs) == 1 and graphs[0].replays == semantics.STEPS - 3  # 3 warm-up steps, then capture and replays
+    # 3 warm-up steps, then the capture and the replays
+    assert len(backend.graphs) == 1 and backend.graphs[0].replays == semantics.STEPS - 3
     semantics._same(eager, graphed)

@@ -128,9 +128,10 @@ def check_runtime(device: torch.device | str, ddp: list[DistributedDataParallel]
         )
     if os.environ.get(ASYNC_ERROR_HANDLING) != "0":
         raise TrainerError(
-            f"speed.cuda_graph=true under DDP needs {ASYNC_ERROR_HANDLING}=0 before the process group starts "
-            f"(trainer.accel.runtime.make_accelerator sets it); here it is "
-            f"{os.environ.get(ASYNC_ERROR_HANDLING)!r}. Unset it in the job script, or drop speed.cuda_graph."
+            f"speed.cuda_graph=true under DDP needs {ASYNC_ERROR_HANDLING}=0 before the process group starts; "
+            f"here it is {os.environ.get(ASYNC_ERROR_HANDLING)!r}. Start the run through "
+            f"trainer.accel.runtime.make_accelerator (train.py does: it sets the variable first), or drop "
+            f"speed.cuda_graph."
         )
     if not all(m.static_graph for m in ddp):
         raise TrainerError(
