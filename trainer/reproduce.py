@@ -182,13 +182,25 @@ def picture(dataset: str, samples: dict[str, torch.Tensor], out: Path) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="steps, seeds and toy width")
+    parser.add_argument(
+        "--budget",
+        choices=[*sorted(BUDGETS), "converged"],
+        default="cpu",
+        help="steps, seeds and toy width; converged: WGAN-GP until its target (trainer/converged.py)",
+    )
     parser.add_argument("--datasets", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="where the runs go")
+    parser.add_argument("--runs", type=Path, help="where the runs go (runs/reproduce; converged: results/converged)")
+    parser.add_argument("--models", type=Path, default=Path("models"), help="converged: the exported generators")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="quality.md, quality.json, PNGs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (runs go one at a time)")
     parser.add_argument("--cache-dir", help="classifier cache (default: eval.cache_dir, $WGAN_GP_CACHE)")
     args = parser.parse_args(argv)
+    if args.budget == "converged":  # resumable across sessions, so its run folders live in the repository
+        from trainer import converged
+
+        runs = (args.runs or Path("results/converged")).resolve()
+        return converged.main(args.datasets, runs, args.out, args.models.resolve(), args.cache_dir)
+    args.runs = args.runs or Path("runs/reproduce")
     budget, start = BUDGETS[args.budget], time.perf_counter()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
