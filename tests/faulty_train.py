@@ -48,7 +48,7 @@ def inject_nan(spec: str) -> None:
     train_step, critic_loss = loop.train_step, losses.Objective.critic_loss
 
     def counting_step(t, eager=False):
-        now.update(step=t.state.step + 1, rank=t.accelerator.process_index)
+        now.update(step=t.parts.clock.step + 1, rank=t.accelerator.process_index)
         return train_step(t, eager)
 
     def poisoned_loss(self, batch):
@@ -96,7 +96,7 @@ def kill_at(spec: str) -> None:
 
         def step_then_die(t, eager=False):
             train_step(t, eager)
-            if t.state.step == step:
+            if t.parts.clock.step == step:
                 die()
 
         loop.train_step = step_then_die
@@ -153,9 +153,9 @@ def inf_weight_at(step: int) -> None:
 
     def poisoning_step(t, eager=False):
         train_step(t, eager)
-        if t.state.step == step:
+        if t.parts.clock.step == step:
             with torch.no_grad():
-                next(t.state.critic.parameters()).view(-1)[0] = float("inf")
+                next(t.parts.critic.parameters()).view(-1)[0] = float("inf")
 
     loop.train_step = poisoning_step
 

@@ -15,7 +15,7 @@ from conftest import TINY, ok, python_train, read_metrics
 
 from trainer.core import augment as A
 from trainer.core.build import build
-from trainer.core.check import configure
+from trainer.core.gate import configure
 from trainer.core.step import iteration
 from trainer.errors import TrainerError
 
@@ -95,12 +95,12 @@ def fresh_accelerator_state():
 def test_step_feeds_the_critic_and_the_penalty_the_augmented_pair(fresh_accelerator_state) -> None:
     cfg = configure(None, (*TINY, "data.augment=translation", "train.ema_decay=0"))
     t = build(cfg, Accelerator(cpu=True))
-    assert t.state.augment is not A.identity
+    assert t.parts.augment is not A.identity
     calls, seen = [], []
-    t.state.augment = lambda x: calls.append(x.shape[0]) or x * 0 + 0.25  # recognisable, differentiable
-    loss = t.state.objective.critic_loss
-    t.state.objective.critic_loss = lambda batch: seen.append(batch) or loss(batch)
-    iteration(t.state, t.inputs)
+    t.parts.augment = lambda x: calls.append(x.shape[0]) or x * 0 + 0.25  # recognisable, differentiable
+    loss = t.parts.objective.critic_loss
+    t.parts.objective.critic_loss = lambda batch: seen.append(batch) or loss(batch)
+    iteration(t.parts, t.inputs)
     n = cfg.train.batch_size
     assert calls == [n, n] * cfg.train.n_critic + [n]  # real and fake per critic step, the fakes of the generator step
     for batch in seen:  # what the scores and the penalty's interpolates are built from

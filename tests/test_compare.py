@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from trainer import cli, compare
-from trainer.core.check import configure
+from trainer.core.gate import configure
 from trainer.evaluate import family
 
 TOY = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]

@@ -14,10 +14,10 @@ import torch
 from accelerate.state import AcceleratorState
 from conftest import TINY, ok, read_metrics, torchrun_train
 
-from trainer.accel.compiled import CompiledCriticLoss
 from trainer.accel.runtime import fp32_forward, make_accelerator, raw_module
 from trainer.core.build import Training, build
-from trainer.core.check import configure
+from trainer.core.compiled import CompiledCriticLoss
+from trainer.core.gate import configure
 from trainer.core.loop import train_step
 from trainer.core.step import joint_pass
 from trainer.errors import TrainerError
@@ -53,7 +53,7 @@ def trained(*overrides: str, steps: int = STEPS) -> tuple[Training, list[dict], 
     for _ in range(steps):
         train_step(t)
         records.append(t.stats.reduce(t.accelerator))
-    nets = (raw_module(t.state.generator), t.state.critic)
+    nets = (raw_module(t.parts.generator), t.parts.critic)
     return t, records, torch.cat([q.detach().float().flatten() for net in nets for q in net.parameters()])
 
 
@@ -89,8 +89,8 @@ def test_compiled_losses_with_drift_lazy_penalty_and_diffaugment() -> None:
     options = ("loss.drift=0.001", "loss.lazy_penalty=2", "data.augment=color,translation,cutout")
     eager, compiled = trained(*CONV, *options), trained(*CONV, *options, *AOT)
     assert_equivalent(eager, compiled, graphs=4)  # the critic loss with and without the penalty; G, then D
-    critic_loss = compiled[0].state.critic_loss
-    assert isinstance(critic_loss, CompiledCriticLoss) and compiled[0].penalty.clock == STEPS * 2
+    critic_loss = compiled[0].parts.critic_loss
+    assert isinstance(critic_loss, CompiledCriticLoss) and compiled[0].parts.clock.critic == STEPS * 2
     assert "penalty" in compiled[1][0]  # every other critic step paid
 
 
@@ -109,12 +109,12 @@ def test_compiled_penalty_stays_float32_under_bf16() -> None:
     t = trained(*setting, *AOT, steps=0)[0]
     eager = trained(*setting, steps=0)[0]
     real, labels, z, eps = t.inputs.critic()
-    fake = t.state.sample(z, labels).float()
-    _, ours = t.state.critic_loss(real, fake, labels, eps)
-    _, want = eager.state.critic_loss(real, fake, labels, eps)
-    critic = t.state.update_critic.module  # prepared: Accelerate's autocast forward
+    fake = t.parts.generator_raw(z, labels).float()
+    _, ours = t.parts.critic_loss(real, fake, labels, eps)
+    _, want = eager.parts.critic_loss(real, fake, labels, eps)
+    critic = t.parts.update_critic.module  # prepared: Accelerate's autocast forward
     naive_penalty = replace(t.penalty, forward=critic)
-    naive_objective = replace(t.state.objective, critic_terms=[naive_penalty])
+    naive_objective = replace(t.parts.objective, critic_terms=[naive_penalty])
     _, naive = CompiledCriticLoss(joint_pass(critic), naive_objective, naive_penalty, "aot_eager")(
         real, fake, labels, eps
     )

@@ -9,7 +9,7 @@ from conftest import ROOT, TINY, python_train
 
 from trainer.cli import main
 from trainer.config import to_yaml
-from trainer.core.check import configure
+from trainer.core.gate import configure
 from trainer.errors import TrainerError
 
 

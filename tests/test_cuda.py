@@ -15,7 +15,7 @@ from conftest import TINY, ok, python_train, read_metrics, run_cmd
 
 from trainer.accel.runtime import raw_module
 from trainer.bench.race import TrainerStep, bench_images
-from trainer.core.check import configure
+from trainer.core.gate import configure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -40,7 +40,7 @@ def _run(*overrides: str) -> tuple[list[tuple[float, float]], torch.Tensor, torc
         losses.append((record["loss_d"], record["loss_g"]))
     torch.cuda.synchronize()
     weights = torch.cat(
-        [q.detach().float().flatten() for n in (p.state.generator, p.state.critic) for q in raw_module(n).parameters()]
+        [q.detach().float().flatten() for n in (p.parts.generator, p.parts.critic) for q in raw_module(n).parameters()]
     )
     ema = torch.cat([q.detach().flatten() for q in p.ema.parameters()]) if p.ema is not None else None
     return losses, weights, ema

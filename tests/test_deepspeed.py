@@ -87,7 +87,9 @@ def test_zero2_resume_equals_uninterrupted(zero2_run: Path, tmp_path: Path) -> N
 
 
 def test_engine_config_refuses_what_the_pair_cannot_do(tmp_path: Path) -> None:
+    """The engines' config, and the gate's refusal of a DeepSpeed file the pair cannot run."""
     from trainer.accel.zero import engine_config
+    from trainer.core.gate import deepspeed_file
     from trainer.errors import TrainerError
 
     config = engine_config("2", 16)
@@ -102,11 +104,11 @@ def test_engine_config_refuses_what_the_pair_cannot_do(tmp_path: Path) -> None:
         path = tmp_path / "ds.json"
         path.write_text(json.dumps(content))
         with pytest.raises(TrainerError, match=why):
-            engine_config(str(path), 16)
+            deepspeed_file(str(path), given=True)
 
 
 def test_config_checks_deepspeed_and_timeout_keys() -> None:
-    from trainer.core.check import configure
+    from trainer.core.gate import configure
     from trainer.errors import TrainerError
 
     assert configure(None, ("train.deepspeed=2", "train.timeout_s=30")).train.deepspeed == "2"

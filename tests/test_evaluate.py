@@ -189,7 +189,7 @@ def test_inception_metrics_run_end_to_end_on_random_weights(tmp_path: Path, one_
 
 
 def test_evaluate_leaves_global_rng_and_training_mode_alone() -> None:
-    from trainer.core.check import configure
+    from trainer.core.gate import configure
     from trainer.nets.models import build_models
 
     cfg = configure(None, ("data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=8"))

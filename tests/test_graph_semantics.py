@@ -16,7 +16,7 @@ from trainer.accel import cuda_graph
 from trainer.accel.runtime import make_accelerator, raw_module
 from trainer.bench.race import TrainerStep, bench_images
 from trainer.core.build import build
-from trainer.core.check import configure
+from trainer.core.gate import configure
 from trainer.core.loop import train_step
 
 BASE = (
@@ -41,7 +41,7 @@ def _run(*overrides: str, timed: tuple[int, ...] = ()) -> tuple[list, torch.Tens
     for step in range(STEPS):
         trainer.step(timed=step in timed)  # as run_loop does on log steps: phase timings, run eagerly
         records.append(t.stats.reduce(trainer.accelerator))
-    nets = (raw_module(t.state.generator), t.state.critic)
+    nets = (raw_module(t.parts.generator), t.parts.critic)
     weights = torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])
     return records, weights, torch.cat([q.flatten() for q in t.ema.parameters()])
 
@@ -123,7 +123,7 @@ def test_a_nan_batch_is_skipped_inside_the_graph_as_outside() -> None:
         t.batches.next = poisoned
         for _ in range(STEPS):
             trainer.step()
-        nets = (raw_module(t.state.generator), t.state.critic)
+        nets = (raw_module(t.parts.generator), t.parts.critic)
         return t.guard.total, torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])
 
     (skipped_eager, eager), (skipped_graph, graphed) = run(), run("speed.cuda_graph=true")
@@ -155,7 +155,7 @@ def test_a_conditional_model_is_graphed_bit_for_bit(capsys) -> None:
         for _ in range(STEPS):
             train_step(t)
             records.append(t.stats.reduce(accelerator))
-        nets = (raw_module(t.state.generator), t.state.critic)
+        nets = (raw_module(t.parts.generator), t.parts.critic)
         if t.graph is not None:  # captured at step 4, replayed for the last 3 steps
             assert t.graph.graph.replays == STEPS - t.graph.warmup
         return records, torch.cat([q.detach().flatten() for net in nets for q in net.parameters()])

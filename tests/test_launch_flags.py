@@ -68,12 +68,12 @@ def test_accelerate_compiles_nothing_itself(monkeypatch) -> None:
     from accelerate.utils import DynamoBackend
 
     from trainer.accel.runtime import make_accelerator
-    from trainer.core.check import configure
+    from trainer.core.gate import configure
 
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "AOT_EAGER")
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        cfg = configure(None, ("train.cpu=true",))
+        cfg = configure(None, ("train.cpu=true",), launch=True)
         accelerator = make_accelerator(cfg)
         assert accelerator.state.dynamo_plugin.backend == DynamoBackend.NO
         assert cfg.speed.compile and cfg.speed.compile_backend == "aot_eager"

@@ -80,3 +80,48 @@ def test_no_test_scaffolding_in_the_package() -> None:
     """Fault injection and the CUDA-graph emulation live under tests/: the package reads no test-only variable."""
     text = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     assert "WGAN_GP_FAULT" not in text and "EMULATE" not in text and "TorchDispatchMode" not in text
+
+
+def test_nothing_in_accel_imports_core() -> None:
+    """The execution layer sits below the core: the compiled losses live in trainer.core (no import runs back up)."""
+    graph = import_graph()
+    assert (
+        sorted(
+            m for m in graph if m.startswith("trainer.accel") and any(d.startswith("trainer.core") for d in graph[m])
+        )
+        == []
+    )
+
+
+def refusal_texts() -> dict[str, list[str]]:
+    """The literal text of every `raise TrainerError(...)` in the package (f-string fields left out) -> modules."""
+    found: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            call = node.exc if isinstance(node, ast.Raise) else None
+            if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "TrainerError" and call.args:
+                parts = [
+                    n.value for n in ast.walk(call.args[0]) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                ]
+                found.setdefault(" ".join("".join(parts).split()), []).append(module_name(path))
+    return found
+
+
+def test_no_refusal_exists_twice() -> None:
+    """Every message the package can refuse with is written once (trainer.core.gate holds the config's refusals)."""
+    texts = refusal_texts()
+    assert len(texts) > 60  # the parser's, the gate's and the run-time ones
+    assert {text: where for text, where in texts.items() if len(where) > 1} == {}
+    gate = [text for text, where in texts.items() if where == ["trainer.core.gate"]]
+    assert len(gate) > 25 and any("cannot run under DeepSpeed" in text for text in gate)
+
+
+def test_the_duplicate_finder_finds_one(tmp_path, monkeypatch) -> None:
+    """Control: the same refusal raised in two modules is found."""
+    pkg = tmp_path / "trainer"
+    pkg.mkdir()
+    for name in ("a", "b"):
+        (pkg / f"{name}.py").write_text('def f(x):\n    raise TrainerError(f"x={x} is impossible: it must be 1.")\n')
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert refusal_texts() == {"x= is impossible: it must be 1.": ["trainer.a", "trainer.b"]}

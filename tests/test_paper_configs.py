@@ -8,7 +8,7 @@ from conftest import ROOT
 from PIL import Image
 
 from trainer.core.build import batches_from_config
-from trainer.core.check import configure
+from trainer.core.gate import configure
 from trainer.errors import TrainerError
 
 

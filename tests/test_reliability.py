@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import signal
 import subprocess
@@ -96,6 +97,26 @@ def test_corrupt_latest_falls_back_to_previous(run_dir: Path) -> None:
     resumed = ok(python_train(f"run.dir={run_dir}", "train.steps=6", "run.resume=latest", *TINY))
     assert "warning" in resumed.stdout and "Falling back to step-00000002" in resumed.stdout
     assert "step-00000002 at step 2" in resumed.stdout
+    assert _ckpts(run_dir)[-1] == "step-00000006"
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_checkpoint_that_verifies_but_cannot_be_loaded_falls_back(run_dir: Path) -> None:
+    """The newest checkpoint's weights are replaced by bytes that are no safetensors file and its record is updated to
+    their SHA-256, so it passes verification and fails only when Accelerate loads it: under run.resume=latest the
+    run falls back to the previous checkpoint with a warning naming it; given as a path, it is an error (exit 2)."""
+    ok(python_train(f"run.dir={run_dir}", "train.steps=4", *TINY, "checkpoint.every=2", "checkpoint.keep=0"))
+    newest = run_dir / "checkpoints/step-00000004"
+    (newest / "model.safetensors").write_bytes(b"\1" * 64)
+    record = json.loads((newest / "trainer_state.json").read_text())
+    record["files"]["model.safetensors"] = hashlib.sha256(b"\1" * 64).hexdigest()
+    (newest / "trainer_state.json").write_text(json.dumps(record, indent=1))
+    explicit = python_train(f"run.dir={run_dir}", "train.steps=6", f"run.resume={newest}", *TINY)
+    assert explicit.returncode == 2 and f"checkpoint {newest} could not be read" in explicit.stderr
+    assert "Traceback" not in explicit.stderr
+    resumed = ok(python_train(f"run.dir={run_dir}", "train.steps=6", "run.resume=latest", *TINY))
+    assert f"warning: checkpoint {newest} could not be read" in resumed.stdout
+    assert "Falling back to step-00000002" in resumed.stdout and "step-00000002 at step 2" in resumed.stdout
     assert _ckpts(run_dir)[-1] == "step-00000006"
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 

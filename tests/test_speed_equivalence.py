@@ -9,13 +9,15 @@ from conftest import ROOT
 from torch.utils.data import Dataset
 
 from trainer.accel.cuda_graph import StaticFeed
+from trainer.accel.plan import channels_last
 from trainer.accel.runtime import raw_module
-from trainer.accel.speed import channels_last, float32_modes, set_tf32, tf32_modes
+from trainer.accel.speed import float32_modes, set_tf32, tf32_modes
 from trainer.bench.race import TrainerStep, bench_images
 from trainer.bench.reference import ReferenceLoop
 from trainer.core import losses
 from trainer.core.build import sample_shape
-from trainer.core.check import configure
+from trainer.core.clock import Clock
+from trainer.core.gate import configure
 from trainer.core.losses import CriticBatch, Penalty
 from trainer.core.step import iteration
 from trainer.data.batches import StreamBatches
@@ -61,7 +63,7 @@ def run_trainer(*overrides: str, stream: bool = False) -> tuple[list[tuple[float
         trainer.step()
         record = p.stats.reduce(trainer.accelerator)
         losses.append((record["loss_d"], record["loss_g"]))
-    return losses, _weights(p.state.generator, p.state.critic)
+    return losses, _weights(p.parts.generator, p.parts.critic)
 
 
 def run_reference(*overrides: str) -> tuple[list[tuple[float, float]], torch.Tensor]:
@@ -130,9 +132,9 @@ def test_static_feed_draws_what_the_eager_step_draws(plain, monkeypatch):
         t.apply_schedule()
         self.feed = getattr(self, "feed", None) or StaticFeed(t.inputs, sample_shape(t.cfg))
         self.feed.fill()
-        for record in iteration(t.state, self.feed):
+        for record in iteration(t.parts, self.feed):
             t.stats.add(record)
-        t.state.step += 1
+        t.parts.clock.step += 1
 
     monkeypatch.setattr(TrainerStep, "step", fed_step)
     assert_same(plain, run_trainer(), loss_tol=0, weight_tol=0)
@@ -160,13 +162,23 @@ def test_lazy_penalty_schedule_and_weight():
     cfg = configure(None, (*TINY, "train.n_critic=5", "loss.lazy_penalty=3"))
     t = TrainerStep(cfg, bench_images(cfg, 0)).training
     batch = CriticBatch(*(torch.zeros(16, 1, 8, 8),) * 2, torch.rand(16), None, torch.zeros(16), torch.zeros(16))
-    penalty = Penalty(lambda x: x.flatten(1).sum(1), 10.0, every=3)  # ||grad|| = 8: the penalty is 49
-    due = [penalty(batch)[0] is not None for _ in range(15)]
+    clock = Clock()
+    penalty = Penalty(lambda x: x.flatten(1).sum(1), 10.0, clock, every=3)  # ||grad|| = 8: the penalty is 49
+
+    def critic_steps(penalty: Penalty, clock: Clock, n: int) -> list[bool]:
+        """Whether each of n critic steps paid; the clock advances as trainer.core.step.critic_step advances it."""
+        paid = []
+        for _ in range(n):
+            paid.append(penalty(batch)[0] is not None)
+            clock.critic += 1
+        return paid
+
+    due = critic_steps(penalty, clock, 15)
     assert due == [i % 3 == 0 for i in range(15)]
     t.resume_at(2)  # a new process resumes at step 2 (critic step 10)
-    resumed = [t.penalty(batch)[0] is not None for _ in range(5)]
+    resumed = critic_steps(t.penalty, t.parts.clock, 5)
     assert resumed == due[10:]
-    penalty.clock = 0
+    clock.critic = 0
     assert penalty(batch)[0].item() == pytest.approx(30.0 * 49)  # lambda * k on the steps that pay
 
 
@@ -232,7 +244,7 @@ def test_fused_adam_needs_adam():
 def test_channels_last_default_follows_the_measurements():
     """Unset, NHWC where it measured faster (conv-small on CPU: 1.08-1.17x), NCHW elsewhere (dcgan28: 0.89x)."""
     cfg = configure(None, ("train.cpu=true", "model.width=8"))
-    critic = TrainerStep(cfg, bench_images(cfg, 0)).training.state.critic
+    critic = TrainerStep(cfg, bench_images(cfg, 0)).training.parts.critic
     conv = next(m for m in critic.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")

@@ -51,6 +51,18 @@ def resolved_defaults(cfg) -> str:
     return f"# used for training (null = loss.name={cfg.loss.name}'s paper default):\n" + "\n".join(lines) + "\n"
 
 
+GLOO_LOST = ("Timed out", "Connection closed by peer", "Connection reset by peer")  # gloo's texts: it raises no type
+
+
+def lost_a_process(err: RuntimeError) -> bool:
+    """A collective failed because another process died or hung: torch's distributed error types (NCCL, the store,
+    the network), or gloo's plain RuntimeError, which only its message tells apart (measured: a killed peer gives
+    "Connection closed by peer", a stopped one "Timed out")."""
+    import torch.distributed as dist
+
+    return isinstance(err, dist.DistError) or any(text in str(err) for text in GLOO_LOST)
+
+
 def report_error(err: TrainerError) -> None:
     if os.environ.get("RANK", "0") == "0":  # one message per job, not one per process
         print(f"error: {err}", file=sys.stderr, flush=True)
@@ -61,9 +73,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         from trainer.config import to_yaml
-        from trainer.core.check import configure
+        from trainer.core.gate import configure
 
-        cfg = configure(args.config, tuple(_overrides(args)))
+        cfg = configure(args.config, tuple(_overrides(args)), launch=not args.print_config)
         if args.print_config:
             print(to_yaml(cfg), end="")  # stdout stays the config itself: `--print-config > x.yaml` round-trips
             print(resolved_defaults(cfg), end="", file=sys.stderr)
@@ -75,7 +87,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report_error(err)
         return EXIT_USER_ERROR
     except RuntimeError as err:
-        if not any(text in str(err) for text in ("Timed out", "Connection closed by peer", "Connection reset by peer")):
+        if not lost_a_process(err):
             raise
         print(  # on every rank: the main process may be the one that died
             f"error: another process died or hung longer than train.timeout_s ({str(err).splitlines()[0][:200]}). "

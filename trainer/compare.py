@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, unwritable_out
 
 Records = list[dict]
 
@@ -145,9 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             plot(runs, args.metric, args.out)
         except OSError as err:
-            raise TrainerError(
-                f"--out {args.out} cannot be written ({err.strerror or err}). Choose a writable path."
-            ) from None
+            raise unwritable_out(args.out, err) from None
     except TrainerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

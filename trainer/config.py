@@ -1,10 +1,9 @@
-"""Typed experiment config: dataclass schema, YAML files, dotted overrides, and the checks that run before any model."""
+"""Typed experiment config: dataclass schema, YAML files, dotted overrides; parsing only (the gate judges values:
+trainer.core.gate)."""
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +19,7 @@ PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb", "tensorboard")
 ARTIFACTS = ("none", "generator", "checkpoint")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
-COMPILE_SCOPES = ("loss", "modules")  # trainer.accel.compiled; trainer.accel.speed.compile_pair
+COMPILE_SCOPES = ("loss", "modules")  # trainer.core.compiled; trainer.accel.speed.compile_pair
 
 
 @dataclass
@@ -193,7 +192,8 @@ def _explain(err: OmegaConfBaseException, source: str) -> TrainerError:
 
 
 def load_config(config_file: Optional[str] = None, overrides: tuple[str, ...] = ()) -> Config:
-    """Schema defaults <- YAML file <- `key=value` overrides; then validated. Raises TrainerError."""
+    """Schema defaults <- YAML file <- `key=value` overrides, parsed (unknown keys, wrong types); raises TrainerError.
+    The values are judged by trainer.core.gate.configure, which commands call instead."""
     cfg = OmegaConf.structured(Config)
     if config_file is not None:
         path = Path(config_file)
@@ -215,7 +215,6 @@ def load_config(config_file: Optional[str] = None, overrides: tuple[str, ...] = 
     config._raw = raw  # type: ignore[attr-defined]  # written out instead of resolved values (secrets stay out)
     if config.train.precision == "False":  # YAML 1.1 reads `no` as false, which the str field then holds as 'False'
         config.train.precision = "no"
-    validate(config)
     return config
 
 
@@ -257,144 +256,6 @@ def _interpolations(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
 def _config_choices() -> str:
     folder = Path(__file__).resolve().parent.parent / "configs"
     return ", ".join(sorted(str(p.relative_to(folder.parent)) for p in folder.glob("*.yaml"))) or "(none found)"
-
-
-MAX_SEED = 2**32 - 1 - 4096  # numpy seeds are 32-bit; room for seed + process index
-LIMITS = {  # upper bounds no real run reaches (memory-bound sizes are estimated at start instead)
-    "train.n_critic": 1000,
-    "train.steps": 10**10,
-    "loss.lazy_penalty": 10_000,
-    "log.num_samples": 10_000,
-    "train.cpu_threads": 4096,
-    "data.num_workers": 256,
-    "train.timeout_s": 7 * 24 * 3600,
-}
-
-
-def _finite(node: Any, prefix: str = "") -> None:
-    """Every float in the config is a real number: NaN or Inf would silently switch a term off or blow it up."""
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, DictConfig):
-            _finite(value, name + ".")
-        for item in value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]:
-            if isinstance(item, float) and not math.isfinite(item):
-                raise TrainerError(f"{name}={value} is not a finite number. Give a real value, e.g. the default.")
-
-
-def _choice(key: str, value: Optional[str], choices: tuple[str, ...] | list[str]) -> None:
-    if value not in choices:
-        raise TrainerError(f"{key}={value!r} is not a valid choice. Valid choices: {', '.join(choices)}.")
-
-
-def _positive(key: str, value: float, minimum: float = 1, what: str = "at least 1") -> None:
-    if value < minimum:
-        raise TrainerError(f"{key}={value} is impossible: it must be {what}.")
-
-
-def validate(cfg: Config) -> None:
-    """Checks values and their combinations; raises TrainerError naming the key and the valid choices.
-
-    Names that registries hold (model.name, data.name, loss.name, ...) are checked by trainer.core.check, which
-    knows the registries; this module knows none.
-    """
-    if cfg.optim.name is not None:
-        _choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    if cfg.train.precision is not None:
-        _choice("train.precision", cfg.train.precision, PRECISIONS)
-    _choice("log.tracker", cfg.log.tracker, TRACKERS)
-    _choice("log.artifacts", cfg.log.artifacts, ARTIFACTS)
-    package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(cfg.log.tracker)
-    if package and importlib.util.find_spec(package) is None:
-        raise TrainerError(
-            f"log.tracker={cfg.log.tracker} needs the '{package}' package, which is not installed. Install it "
-            f"(pip install {package}) or use log.tracker=none (metrics.jsonl is always written)."
-        )
-    node = OmegaConf.structured(cfg)  # dotted-key lookups below
-    _finite(node)
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise TrainerError(f"seed={cfg.seed} is impossible: it must be in [0, {MAX_SEED}] (process i uses seed + i).")
-    for key, most in LIMITS.items():
-        if OmegaConf.select(node, key) > most:
-            raise TrainerError(
-                f"{key}={OmegaConf.select(node, key)} is beyond any sensible run: it may be at most {most:,}. "
-                f"Check the value (a missing decimal point or extra zeros?)."
-            )
-    _positive("loss.gp_weight", cfg.loss.gp_weight, 0, "0 or more (10 in the paper)")
-    _positive("loss.drift", cfg.loss.drift, 0, "0 or more (0.001 in ProGAN)")
-    if not cfg.loss.clip > 0:
-        raise TrainerError(f"loss.clip={cfg.loss.clip} is impossible: it must be greater than 0 (0.01 in WGAN).")
-    for key in ("train.steps", "train.batch_size", "train.n_critic", "log.every", "log.num_samples", "model.z_dim"):
-        _positive(key, OmegaConf.select(node, key))
-    for key in (
-        "log.sample_every",
-        "checkpoint.every",
-        "checkpoint.keep",
-        "model.width",
-        "train.cpu_threads",
-        "train.max_nonfinite",
-    ):
-        _positive(key, OmegaConf.select(node, key), 0, "0 or more")
-    _positive("train.timeout_s", cfg.train.timeout_s, 1, "at least 1 (seconds; 600 by default)")
-    if (
-        cfg.train.deepspeed is not None
-        and cfg.train.deepspeed not in ("1", "2")
-        and not Path(cfg.train.deepspeed).is_file()
-    ):
-        raise TrainerError(
-            f"train.deepspeed={cfg.train.deepspeed!r} is neither a ZeRO stage (1 or 2) nor a DeepSpeed JSON file."
-        )
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise TrainerError(f"train.ema_decay={cfg.train.ema_decay} is impossible: it must be in [0, 1) (0 = off).")
-    for key in ("optim.lr_d", "optim.lr_g"):
-        value = OmegaConf.select(node, key)
-        if value is not None and not 0 < value <= 1:
-            raise TrainerError(
-                f"{key}={value} is impossible: a learning rate must be in (0, 1] (Adam 1e-4 in the paper); larger "
-                f"rates blow the weights up to Inf within a few steps."
-            )
-    betas = cfg.optim.betas
-    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
-        raise TrainerError(f"optim.betas={cfg.optim.betas} is impossible: two numbers in [0, 1), e.g. [0.0, 0.9].")
-    _positive("eval.every", cfg.eval.every, 0, "0 or more (0 = no evaluation during training)")
-    node = OmegaConf.structured(cfg)
-    for key in ("data.crop_size", "data.num_workers", "train.batch_size_g", "loss.acgan_scale", "loss.acgan_scale_g"):
-        _positive(key, OmegaConf.select(node, key), 0, "0 or more")
-    _check_speed(cfg)
-    _positive("eval.num", cfg.eval.num, 2, "at least 2 (a covariance needs two samples)")
-
-
-def _check_speed(cfg: Config) -> None:
-    s, loss = cfg.speed, cfg.loss
-    if not 0 < loss.penalty_fraction <= 1:
-        raise TrainerError(
-            f"loss.penalty_fraction={loss.penalty_fraction} is impossible: it must be in (0, 1] (1 = the whole batch)."
-        )
-    _positive("loss.lazy_penalty", loss.lazy_penalty, 1, "at least 1 (1 = the penalty on every critic step)")
-    _choice("speed.compile_backend", s.compile_backend, COMPILE_BACKENDS)
-    _choice("speed.compile_scope", s.compile_scope, COMPILE_SCOPES)
-    if s.cuda_graph:
-        _check_cuda_graph(cfg)
-
-
-def _check_cuda_graph(cfg: Config) -> None:
-    """speed.cuda_graph's requirements (trainer.accel.cuda_graph), refused with the way out before any GPU work;
-    the optimizer is checked with the loss's default (trainer.core.check)."""
-    s, t = cfg.speed, cfg.train
-    conflicts = [
-        (t.precision == "fp16", "train.precision=fp16 (the GradScaler reads its overflow verdict on the host)", "bf16"),
-        (s.fused_adam is False, "speed.fused_adam=false (the graph needs Adam's fused kernel)", "drop that override"),
-        (cfg.loss.lazy_penalty > 1, "loss.lazy_penalty>1 (a graph replays one fixed step)", "loss.lazy_penalty=1"),
-        (
-            s.compile and s.compile_backend == "cudagraphs",
-            "speed.compile_backend=cudagraphs (its own CUDA graphs cannot be captured inside this one)",
-            "speed.compile_backend=inductor",
-        ),
-        (t.deepspeed is not None, "train.deepspeed (DeepSpeed's engines are not captured)", "DDP or one GPU"),
-    ]
-    for bad, what, fix in conflicts:
-        if bad:
-            raise TrainerError(f"speed.cuda_graph=true cannot run with {what}. Use {fix}, or drop speed.cuda_graph.")
 
 
 def _written(cfg: Config) -> DictConfig:

@@ -65,7 +65,7 @@ def floor(dataset: str, cache_dir: Optional[str]) -> float:
     """Real against real: toys the exact W1 between independent real sets of TOY_NUM points and the scorer's own
     reference set (seed 1); mnist5k the held-out digits' classifier FD (trainer.metrics.evaluate.real_baseline)."""
     if dataset == "mnist5k":
-        from trainer.core.check import configure
+        from trainer.core.gate import configure
         from trainer.metrics.evaluate import real_baseline
 
         keys = (f"eval.cache_dir={cache_dir}",) if cache_dir else ()

@@ -3,3 +3,8 @@
 
 class TrainerError(Exception):
     """A problem the user can fix (bad config, missing data, bad checkpoint): printed as one paragraph, exit 2."""
+
+
+def unwritable_out(out: object, err: OSError) -> TrainerError:
+    """The refusal of an --out path the OS would not write (the commands that write files share it)."""
+    return TrainerError(f"--out {out} cannot be written ({err.strerror or err}). Choose a writable path.")

@@ -9,7 +9,6 @@ the training config, the eval metrics and where they come from, parameter counts
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from trainer.digest import file_sha256
 from trainer.errors import TrainerError
 from trainer.nets.layers import class_rows
 from trainer.nets.models import PRESETS, build_models, parameter_count
@@ -79,23 +79,19 @@ class GANGenerator(
             save_toy_plot(samples, samples[:0] if real is None else real, save_directory / SAMPLES, title=self.data)
         else:
             save_grid(samples, save_directory / SAMPLES)
-        self._weights_sha256 = sha256(save_directory / WEIGHTS)
+        self._weights_sha256 = file_sha256(save_directory / WEIGHTS)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         return ModelCard(model_card(self, getattr(self, "_weights_sha256", "")))
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def from_checkpoint(ckpt: Path) -> GANGenerator:
     """The exported generator of a checkpoint folder, with its run's provenance for the model card."""
-    from trainer.config import load_config
+    from trainer.core.gate import configure
     from trainer.data.registry import DATASETS
     from trainer.run import checkpoint
 
-    cfg = load_config(str(ckpt / "config.yaml"))
+    cfg = configure(str(ckpt / "config.yaml"))
     state = json.loads((ckpt / checkpoint.STATE_FILE).read_text())
     spec = DATASETS[cfg.data.name]
     generator = GANGenerator(

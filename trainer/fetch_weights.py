@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Optional
 
+from trainer.digest import file_sha256
 from trainer.errors import TrainerError
 from trainer.metrics.inception import WEIGHTS_FILE, WEIGHTS_URL, default_weights_path, load_extractor
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(out: Path) -> None:
@@ -55,7 +47,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     hint = "" if out == default_weights_path() else f"; use it with eval.inception_weights={out}"
-    print(f"Inception weights ready at {out} (sha256 {sha256(out)[:16]}){hint}")
+    print(f"Inception weights ready at {out} (sha256 {file_sha256(out)[:16]}){hint}")
     return 0
 
 

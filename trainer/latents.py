@@ -112,13 +112,18 @@ def mp4_encoder() -> Optional[str]:
     return found
 
 
+def no_mp4_encoder(out: Path) -> TrainerError:
+    """The refusal of an .mp4 --out on a machine without an encoder (checked before sampling, and again here)."""
+    return TrainerError(
+        f"--out {out}: writing MP4 needs an encoder (ffmpeg on PATH, or pip install imageio-ffmpeg). Write a .gif "
+        f"(Pillow) or a .png strip instead."
+    )
+
+
 def _write_mp4(frames: np.ndarray, out: Path, fps: int) -> None:
     ffmpeg = mp4_encoder()
     if ffmpeg is None:
-        raise TrainerError(
-            f"--out {out}: writing MP4 needs an encoder (ffmpeg on PATH, or pip install imageio-ffmpeg). Write a .gif "
-            f"(Pillow) or a .png strip instead."
-        )
+        raise no_mp4_encoder(out)
     _, h, w, _ = frames.shape
     pad = "pad=ceil(iw/2)*2:ceil(ih/2)*2"  # H.264 wants even sides
     cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}"]

@@ -100,7 +100,7 @@ def score(run_dir: Path, budget: Budget, cache_dir: Optional[str]) -> tuple[dict
 
 
 def baseline(cache_dir: Optional[str]) -> dict:
-    from trainer.core.check import configure
+    from trainer.core.gate import configure
     from trainer.metrics.evaluate import real_baseline
 
     cfg = configure(str(ROOT / CONFIGS["mnist5k"]), (f"eval.cache_dir={cache_dir}",) if cache_dir else ())

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from trainer.config import load_config
+from trainer.core.gate import configure
 from trainer.data.registry import DATASETS
 from trainer.data.toys import TOYS
-from trainer.errors import TrainerError
-from trainer.latents import draw, latent_walk, mp4_encoder, parse_seeds, seed_latents, write_frames
+from trainer.errors import TrainerError, unwritable_out
+from trainer.latents import draw, latent_walk, mp4_encoder, no_mp4_encoder, parse_seeds, seed_latents, write_frames
 from trainer.nets.layers import class_rows
 from trainer.nets.models import build_models
 from trainer.run import checkpoint
@@ -37,7 +37,7 @@ def load_generator(ckpt: Path, device: torch.device) -> tuple[torch.nn.Module, o
         record = checkpoint.verify(ckpt)
     except TrainerError as err:
         raise TrainerError(f"{err} Pass an earlier checkpoint with --checkpoint.") from None
-    cfg = load_config(str(ckpt / "config.yaml"))
+    cfg = configure(str(ckpt / "config.yaml"))
     num_classes = int(record.get("num_classes", 0))
     channels = DATASETS[cfg.data.name].channels
     generator, _ = build_models(
@@ -114,9 +114,7 @@ def write(samples: torch.Tensor, args: argparse.Namespace, cfg: object, ckpt: Pa
         else:
             save_grid(samples, args.out)
     except OSError as err:
-        raise TrainerError(
-            f"--out {args.out} cannot be written ({err.strerror or err}). Choose a writable path."
-        ) from None
+        raise unwritable_out(args.out, err) from None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -178,10 +176,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.fps < 1:
         raise TrainerError(f"--fps {args.fps}: it must be at least 1.")
     if args.out.suffix == ".mp4" and mp4_encoder() is None:
-        raise TrainerError(
-            f"--out {args.out}: writing MP4 needs an encoder (ffmpeg on PATH, or pip install imageio-ffmpeg). "
-            f"Write a .gif (Pillow) or a .png strip instead."
-        )
+        raise no_mp4_encoder(args.out)
 
 
 def check_class(args: argparse.Namespace, num_classes: int, cfg: object) -> None:

@@ -18,8 +18,8 @@ from trainer.errors import TrainerError
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    """An Accelerator for this launch; refuses a launch whose WORLD_SIZE differs from the processes that joined."""
-    launcher_flags(cfg)
+    """An Accelerator for this launch (the launcher's flags already in `cfg`: trainer.core.gate.configure); refuses a
+    launch whose WORLD_SIZE differs from the processes that joined."""
     cpu = cfg.train.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     tracker = None if cfg.log.tracker == "none" else cfg.log.tracker
     # A collective that waits longer than this for a dead or hung process raises instead of hanging the job.
@@ -96,7 +96,8 @@ def busy_cpu_warning(threads: int, requested: int) -> str:
 def launcher_flags(cfg: Config) -> None:
     """`accelerate launch` flags that reach the script as ACCELERATE_* variables: --dynamo_backend X becomes
     speed.compile=true speed.compile_backend=x (what the README's speed options describe: with speed.compile_scope's
-    default, each whole loss compiled, the penalty inside); gradient accumulation is refused (see the message)."""
+    default, each whole loss compiled, the penalty inside); gradient accumulation is refused (see the message).
+    Called by trainer.core.gate.configure(launch=True), before the gate judges the result."""
     steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").strip().lower()
     if steps not in ("1", "auto", ""):
         raise TrainerError(
@@ -118,16 +119,12 @@ def launcher_flags(cfg: Config) -> None:
     mode = os.environ.get("ACCELERATE_DYNAMO_MODE", "default")
     if mode not in ("default", ""):
         raise TrainerError(f"{flag} --dynamo_mode {mode}: only the default mode is mapped; drop --dynamo_mode.")
-    if cfg.speed.cuda_graph and backend == "cudagraphs":
-        raise TrainerError(
-            f"{flag} cannot run with speed.cuda_graph=true (its own CUDA graphs cannot be captured inside this one). "
-            f"Use --dynamo_backend inductor, or drop speed.cuda_graph."
-        )
     if cfg.speed.compile and cfg.speed.compile_backend != backend:
         raise TrainerError(
             f"{flag} contradicts speed.compile_backend={cfg.speed.compile_backend}; keep one of the two."
         )
     cfg.speed.compile, cfg.speed.compile_backend = True, backend
+    cfg._launcher_backend = True  # type: ignore[attr-defined]  # the gate names the flag in its refusals
     if os.environ.get("RANK", "0") == "0":
         print(f"[wgan-gp] {flag}: speed.compile=true speed.compile_backend={backend}", flush=True)
 

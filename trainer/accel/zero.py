@@ -26,7 +26,6 @@ from accelerate.utils.deepspeed import DeepSpeedOptimizerWrapper
 from torch import nn
 
 from trainer.config import Config
-from trainer.errors import TrainerError
 
 NETWORKS = ("generator", "critic")
 
@@ -49,31 +48,13 @@ def requested(cfg: Config) -> Optional[str]:
 
 
 def engine_config(source: str, batch_size: int) -> dict:
-    """The DeepSpeed config of each engine: ZeRO stage `source` ("0", "1", "2") or the JSON file `source`."""
+    """The DeepSpeed config of each engine: ZeRO stage `source` ("0", "1", "2") or the JSON file `source`, as the
+    gate accepted it (trainer.core.gate.deepspeed_file)."""
     if source.strip().isdigit():
         config: dict = {"zero_optimization": {"stage": int(source)}}
-    elif Path(source).is_file():
-        config = json.loads(Path(source).read_text())
     else:
-        raise TrainerError(f"train.deepspeed={source!r} is neither a ZeRO stage (1 or 2) nor a DeepSpeed JSON file.")
-    stage = config.setdefault("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2):
-        raise TrainerError(
-            f"DeepSpeed ZeRO stage {stage} is not supported: ZeRO-3 partitions the weights themselves, while the "
-            f"penalty and the generator step read the critic's full module. Use stage 1 or 2."
-        )
-    for key in ("optimizer", "scheduler"):
-        if key in config:
-            raise TrainerError(
-                f"the DeepSpeed config sets '{key}': remove it; the trainer builds its own from optim.*."
-            )
-    for key in ("fp16", "bf16"):
-        if str(config.get(key, {}).get("enabled", False)).lower() == "true":
-            raise TrainerError(
-                f"the DeepSpeed config enables '{key}', which casts the weights and leaves no float32 critic for the "
-                f"gradient penalty. Remove it and set train.precision=bf16 (or use a launch/zero*-bf16.yaml): the "
-                f"engines then keep float32 weights and run the forward under autocast."
-            )
+        config = json.loads(Path(source).read_text())
+    config.setdefault("zero_optimization", {})
     config.update(
         train_micro_batch_size_per_gpu=batch_size,
         gradient_accumulation_steps=1,
@@ -86,16 +67,11 @@ def engine_config(source: str, batch_size: int) -> dict:
 
 
 def make_plugins(cfg: Config, precision: str) -> Optional[dict[str, PairPlugin]]:
-    """One plugin per network (None without DeepSpeed); refuses what the pair cannot do under ZeRO."""
+    """One plugin per network (None without DeepSpeed); what the pair cannot do under ZeRO the gate refused
+    (trainer.core.gate.deepspeed)."""
     source = requested(cfg)
     if source is None:
         return None
-    if precision == "fp16":
-        raise TrainerError(
-            "train.precision=fp16 is not supported under DeepSpeed (its loss scaler needs DeepSpeed's fp16 mode, which "
-            "casts the weights); use train.precision=bf16 or no."
-        )
-    # A loss that clips weights is refused by trainer.core.check (it knows the losses): ZeRO's copy would undo it.
     # `accelerate launch` lists the fields its config file set; they are already folded into `source`, and Accelerate
     # would refuse a dict config next to them.
     os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)

@@ -20,7 +20,7 @@ from trainer.accel.timer import PhaseTimer, peak_memory_mb, sync
 from trainer.bench.reference import ReferenceLoop, dataloader_batches
 from trainer.config import Config, to_dict
 from trainer.core.build import build
-from trainer.core.check import configure
+from trainer.core.gate import configure
 from trainer.core.loop import train_step
 from trainer.data.batches import ImageBatches
 from trainer.data.registry import DATASETS, load_images

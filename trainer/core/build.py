@@ -11,30 +11,39 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from trainer.accel.compiled import compiled_losses
-from trainer.accel.runtime import fp32_forward, prepare_pair, raw_module
-from trainer.accel.speed import adam_flags, apply_speed, compile_losses, critic_backward_kwargs, joint_forward
+from trainer.accel.plan import ExecutionPlan
+from trainer.accel.plan import resolve as resolve_plan
+from trainer.accel.runtime import fingerprint, fp32_forward, prepare_pair, raw_module
+from trainer.accel.speed import apply_plan
 from trainer.accel.timer import PhaseTimer
-from trainer.config import Config
+from trainer.config import Config, to_yaml
 from trainer.core.augment import diff_augment
+from trainer.core.clock import Clock
+from trainer.core.compiled import compiled_losses
 from trainer.core.ema import EMA
 from trainer.core.guard import NonFiniteGuard
 from trainer.core.inputs import Draws
 from trainer.core.losses import LOSSES, LossSpec, Objective, Penalty, acgan_critic_term, drift_term
 from trainer.core.schedule import lr_factor
-from trainer.core.step import TrainState, Update, critic_loss, generator_loss, iteration, joint_pass, two_passes
+from trainer.core.step import StepParts, Update, critic_loss, generator_loss, iteration, joint_pass, two_passes
 from trainer.data.registry import DATASETS, Batches, make_batches
 from trainer.nets.models import build_models
+from trainer.run.checkpoint import Snapshot
 from trainer.run.stats import Stats
 
 
 @dataclass
 class Training:
-    """Everything one run holds: the step's state and inputs, and the bookkeeping around it (EMA, stats, guard)."""
+    """One run: the step's parts and inputs, and the bookkeeping around them (EMA, statistics, guard, timer).
+
+    It owns its state: `state_dict()` is everything a checkpoint holds of it besides Accelerate's own state (networks,
+    optimizers, grad scaler, RNG), and `load_state_dict(record)` is its mirror image (trainer.run.checkpoint saves and
+    loads both halves)."""
 
     cfg: Config
     accelerator: Accelerator
-    state: TrainState
+    plan: ExecutionPlan
+    parts: StepParts
     inputs: Draws
     batches: Batches
     opt_g: torch.optim.Optimizer
@@ -49,17 +58,40 @@ class Training:
 
     @property
     def step(self) -> int:
-        return self.state.step
+        return self.parts.clock.step
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator that draws the run's pictures and its export: the EMA one when the run keeps one."""
+        return self.ema.model if self.ema is not None else self.parts.generator_raw
+
+    def state_dict(self) -> Snapshot:
+        """What a checkpoint holds of this run: step, data position, per process the parameter fingerprints and the
+        log interval's running statistics, the resolved config, the export and the EMA."""
+        prints = {"generator": fingerprint(self.parts.generator), "critic": fingerprint(self.parts.critic)}
+        return Snapshot(
+            step=self.step,
+            shared={"data": self.batches.state_dict(), "num_classes": self.num_classes},
+            per_process={"fingerprints": prints, "stats": self.stats.state_dict()},
+            config_yaml=to_yaml(self.cfg) + self.plan.comment(),
+            export=self.sampler,
+            ema=self.ema,
+        )
+
+    def load_state_dict(self, record: dict) -> None:
+        """The mirror of state_dict, from a checkpoint's record (the EMA and Accelerate's state are already back)."""
+        self.resume_at(record["step"])
+        self.batches.load_state_dict(record["data"])
+        if len(record.get("stats", [])) == self.accelerator.num_processes:  # the log interval's running sums
+            self.stats.load_state_dict(record["stats"][self.accelerator.process_index])
 
     def resume_at(self, step: int) -> None:
-        """After a checkpoint is loaded: the step count, and the lazy penalty's clock at that step's phase boundary."""
-        self.state.step = self.guard.at_step = step
-        if self.penalty is not None:
-            self.penalty.clock = step * self.inputs.n_critic
+        """The one step counter at `step`, and with it the lazy penalty's schedule and the guard's message."""
+        self.parts.clock.resume(step, self.inputs.n_critic)
 
     def apply_schedule(self) -> None:
         """Sets both learning rates for the coming generator step: a pure function of the step, so resume is exact."""
-        factor = lr_factor(self.cfg.optim.schedule, self.state.step, self.cfg.train.steps)
+        factor = lr_factor(self.cfg.optim.schedule, self.step, self.cfg.train.steps)
         for optimizer in (self.opt_g, self.opt_d):
             for group in optimizer.param_groups:
                 group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
@@ -71,50 +103,72 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
     if batches is None:
         with accelerator.main_process_first():  # a download happens once, on the main process
             batches = batches_from_config(cfg, accelerator.device, accelerator.process_index, accelerator.num_processes)
+    plan = resolve_plan(cfg, accelerator)
     num_classes = getattr(batches, "num_classes", 0) if cfg.model.conditional else 0
     channels = DATASETS[cfg.data.name].channels
     generator, critic = build_models(
         cfg.model.name, cfg.model.z_dim, cfg.model.width, channels, cfg.data.image_size, num_classes=num_classes
     )
     ema = EMA(generator, cfg.train.ema_decay).to(accelerator.device) if cfg.train.ema_decay > 0 else None
-    apply_speed(cfg, generator, critic, accelerator)  # channels_last, torch.compile, TF32 (cfg.speed)
+    apply_plan(plan, generator, critic)  # channels_last, torch.compile of the modules, TF32, cuDNN
     spec = LOSSES[cfg.loss.name]
-    opt_g, opt_d = make_optimizers(cfg, spec, generator, critic, accelerator)
+    opt_g, opt_d = make_optimizers(cfg, spec, generator, critic, plan)
     generator, critic, opt_g, opt_d = prepare_pair(accelerator, generator, critic, opt_g, opt_d)
     set_seed(cfg.seed, device_specific=True)  # then each process its own noise stream
+    clock = Clock()
     skipped = (lambda: accelerator.optimizer_step_was_skipped) if accelerator.scaler is not None else None
-    guard = NonFiniteGuard(cfg.train.max_nonfinite, cfg.run.dir, skipped)
+    guard = NonFiniteGuard(cfg.train.max_nonfinite, cfg.run.dir, skipped, clock)
     timer = PhaseTimer(accelerator.device)
-    penalty = make_penalty(cfg, spec, critic, timer)
+    penalty = make_penalty(cfg, spec, critic, timer, clock)
     objective = make_objective(cfg, spec, penalty, num_classes)
     critic_raw = raw_module(critic)
-    scores = joint_pass(critic) if joint_forward(cfg, accelerator.device) else two_passes(critic, critic_raw)
-    losses = critic_loss(scores, objective), generator_loss(generator, critic_raw, objective)
-    if compile_losses(cfg):  # speed.compile: each whole loss one compiled function, the penalty inside
-        losses = compiled_losses(scores, objective, penalty, losses[1], cfg.speed.compile_backend)
-    backward_d = partial(accelerator.backward, **critic_backward_kwargs(cfg, accelerator, critic))  # none into x_hat
-    state = TrainState(
+    scores = joint_pass(critic) if plan.joint_forward else two_passes(critic, critic_raw)
+    loss_d, loss_g = critic_loss(scores, objective), generator_loss(generator, critic_raw, objective)
+    if plan.compile == "loss":  # each whole loss one compiled function, the penalty inside
+        loss_d, loss_g = compiled_losses(scores, objective, penalty, loss_g, plan.compile_backend)
+    critic_weights = {"inputs": [q for q in critic.parameters() if q.requires_grad]}  # none into x_hat
+    backward_d = partial(accelerator.backward, **(critic_weights if plan.backward_params_only else {}))
+    parts = StepParts(
         generator=generator,
-        sample=raw_module(generator),
+        generator_raw=raw_module(generator),
         critic=critic_raw,
-        critic_loss=losses[0],
-        generator_loss=losses[1],
+        critic_loss=loss_d,
+        generator_loss=loss_g,
         objective=objective,
         update_critic=Update(opt_d, critic, backward_d, guard, partial(objective.after_critic_update, critic_raw)),
         update_generator=Update(opt_g, generator, accelerator.backward, guard),
+        clock=clock,
         augment=diff_augment(cfg.data.augment),  # identity unless data.augment names a DiffAugment policy
     )
-    batch_g = cfg.train.batch_size_g or cfg.train.batch_size
     inputs = Draws(
-        batches, cfg.train.n_critic, cfg.train.batch_size, batch_g, cfg.model.z_dim, num_classes, accelerator.device
+        batches,
+        n_critic=cfg.train.n_critic,
+        batch=cfg.train.batch_size,
+        batch_g=cfg.train.batch_size_g or cfg.train.batch_size,
+        z_dim=cfg.model.z_dim,
+        num_classes=num_classes,
+        device=accelerator.device,
     )
     training = Training(
-        cfg, accelerator, state, inputs, batches, opt_g, opt_d, ema, guard, Stats(), timer, penalty, num_classes
+        cfg=cfg,
+        accelerator=accelerator,
+        plan=plan,
+        parts=parts,
+        inputs=inputs,
+        batches=batches,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        ema=ema,
+        guard=guard,
+        stats=Stats(),
+        timer=timer,
+        penalty=penalty,
+        num_classes=num_classes,
     )
-    if cfg.speed.cuda_graph:
+    if plan.cuda_graph:
         from trainer.accel.cuda_graph import GraphedIteration
 
-        run, modules = partial(iteration, state), (generator, critic)  # DDP's all-reduces are captured too
+        run, modules = partial(iteration, parts), (generator, critic)  # DDP's all-reduces are captured too
         training.graph = GraphedIteration(run, inputs, sample_shape(cfg), (opt_d, opt_g), modules)
     return training
 
@@ -134,13 +188,14 @@ def batches_from_config(cfg: Config, device: torch.device, rank: int, world: int
     )  # fmt: skip
 
 
-def make_penalty(cfg: Config, spec: LossSpec, critic: nn.Module, timer: PhaseTimer) -> Optional[Penalty]:
+def make_penalty(cfg: Config, spec: LossSpec, critic: nn.Module, timer: PhaseTimer, clock: Clock) -> Optional[Penalty]:
     """The loss's gradient penalty in float32 (None for losses without one, or lambda 0)."""
     if spec.penalty is None or not cfg.loss.gp_weight > 0:
         return None
     return Penalty(
         forward=partial(fp32_forward, critic),
         weight=cfg.loss.gp_weight,
+        clock=clock,
         one_sided=spec.penalty == "one-sided",
         every=cfg.loss.lazy_penalty,
         fraction=cfg.loss.penalty_fraction,
@@ -165,20 +220,14 @@ def make_objective(cfg: Config, spec: LossSpec, penalty: Optional[Penalty], num_
     )
 
 
-def make_optimizers(
-    cfg: Config,
-    spec: LossSpec,
-    generator: nn.Module,
-    critic: nn.Module,
-    accelerator: Optional[Accelerator] = None,
-):
-    """The two optimizers (before `prepare`); `accelerator` decides speed.fused_adam's default (fused on CUDA)."""
+def make_optimizers(cfg: Config, spec: LossSpec, generator: nn.Module, critic: nn.Module, plan: ExecutionPlan):
+    """The two optimizers (before `prepare`); the plan says whether Adam runs its fused kernel."""
     name, betas = cfg.optim.name or spec.optimizer, tuple(cfg.optim.betas or spec.betas)
 
     def make(params, lr: Optional[float]) -> torch.optim.Optimizer:
         lr = lr or spec.lr
         if name == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=betas, **adam_flags(cfg, accelerator))
+            return torch.optim.Adam(params, lr=lr, betas=betas, **({"fused": True} if plan.fused_adam else {}))
         if name == "rmsprop":
             return torch.optim.RMSprop(params, lr=lr)
         return torch.optim.SGD(params, lr=lr)

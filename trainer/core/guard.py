@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from trainer.core.clock import Clock
 from trainer.errors import TrainerError
 
 
@@ -24,11 +25,17 @@ class NonFiniteGuard:
     update, free on CPU).
     """
 
-    def __init__(self, limit: int, run_dir: str, scaler_skipped: Optional[Callable[[], bool]] = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        run_dir: str,
+        scaler_skipped: Optional[Callable[[], bool]] = None,
+        clock: Optional[Clock] = None,
+    ) -> None:
         self.limit, self.run_dir, self.scaler_skipped = limit, run_dir, scaler_skipped
         self.host_total, self.in_a_row = 0, {}  # in_a_row: per optimizer
         self.counts: dict[int, Tensor] = {}  # per fused optimizer, on its device: (skipped, in a row, worst)
-        self.at_step = 0  # generator steps done, for the message (the loop keeps it current)
+        self.clock = clock or Clock()  # the run's step counter, for the message
 
     def step(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
         """optimizer.step(), unless the gradients of `module` are not finite."""
@@ -75,8 +82,8 @@ class NonFiniteGuard:
 
     def _stop(self) -> None:
         raise TrainerError(
-            f"{self.limit} updates in a row had non-finite (NaN/Inf) gradients (seen by step {self.at_step}); the run "
-            f"stopped without writing a checkpoint, so the last good one in {self.run_dir}/checkpoints is intact. "
+            f"{self.limit} updates in a row had non-finite (NaN/Inf) gradients (seen by step {self.clock.step}); the "
+            f"run stopped without writing a checkpoint, so the last good one in {self.run_dir}/checkpoints is intact. "
             f"Lower optim.lr_d/lr_g, check the data for NaNs, or use train.precision=bf16 instead of fp16; resume "
             f"with run.resume=latest (train.max_nonfinite sets how many skips in a row are tolerated)."
         )

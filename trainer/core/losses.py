@@ -7,12 +7,14 @@ optimizer); everything else (config validation, DeepSpeed's checks, the step) re
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from trainer.core.clock import Clock
 
 SQRT_EPS = 1e-12  # inside the sqrt of the gradient norm, so a zero gradient gives norm ~0, not a NaN derivative
 
@@ -155,30 +157,29 @@ class Penalty:
     """weight * E[(||grad D(x_hat)||_2 - 1)^2] on fp32 interpolates, through `forward` (the critic in float32).
 
     `every` > 1 is StyleGAN2's lazy regularisation: only every k-th critic step of the run pays, with weight
-    lambda * k, so the expected weight per step is unchanged; `clock` counts critic steps (the builder sets it to
-    step * n_critic on resume, so a resumed run keeps the schedule). `fraction` < 1 uses the first share of the
-    (shuffled) batch. Both change the math; the paper is every=1, fraction=1.
+    lambda * k, so the expected weight per step is unchanged; which steps pay is read off the run's `clock` (critic
+    steps done, advanced by the step alone, set on resume), so a resumed run keeps the schedule. `fraction` < 1 uses
+    the first share of the (shuffled) batch. Both change the math; the paper is every=1, fraction=1.
     """
 
     forward: Callable[[Tensor], Tensor]
     weight: float
+    clock: Clock
     one_sided: bool = False
     every: int = 1
     fraction: float = 1.0
-    clock: int = 0
     around: Callable[[], ContextManager] = nullcontext  # e.g. a phase timer around the penalty's own work
     gradient: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor] = input_gradient  # see gradient_penalty
 
     def __call__(self, b: CriticBatch) -> tuple[Optional[Tensor], Stats]:
-        return self.term(b) if self.tick() else (None, {})
+        return self.term(b) if self.due() else (None, {})
 
-    def tick(self) -> bool:
-        """Advances the clock by one critic step; True when this step pays."""
-        due, self.clock = self.clock % self.every == 0, self.clock + 1
-        return due
+    def due(self) -> bool:
+        """Whether the coming critic step pays the penalty (every `every`-th of the run)."""
+        return self.clock.critic % self.every == 0
 
     def term(self, b: CriticBatch) -> tuple[Tensor, Stats]:
-        """The penalty term of a step that pays (the clock left alone: trainer.accel.compiled ticks it outside)."""
+        """The penalty term of a step that pays."""
         rows = max(1, round(self.fraction * b.real.shape[0]))
         with self.around():
             real, fake, eps = b.real[:rows], b.fake[:rows], b.eps[:rows]
@@ -186,6 +187,11 @@ class Penalty:
                 self.forward, real, fake, eps, one_sided=self.one_sided, gradient=self.gradient
             )
         return self.weight * self.every * penalty, {"penalty": penalty, "grad_norm": norms}
+
+    def traceable(self) -> Penalty:
+        """The same penalty for torch.compile: its input gradient by torch.func (a first-order graph that aot_autograd
+        can trace) and no phase timer inside the graph."""
+        return replace(self, gradient=functional_input_gradient, around=nullcontext)
 
 
 def acgan_critic_term(scale: float) -> Callable[[CriticBatch], tuple[Tensor, Stats]]:
@@ -227,6 +233,10 @@ class Objective:
             assert logits is not None and labels is not None
             loss = loss + self.acgan_scale_g * acgan_generator_loss(logits, labels)
         return loss
+
+    def with_terms(self, terms: list[Callable[[CriticBatch], tuple[Optional[Tensor], Stats]]]) -> Objective:
+        """The same objective with other critic terms (trainer.core.compiled: with the penalty traced, or without)."""
+        return replace(self, critic_terms=list(terms))
 
     def after_critic_update(self, critic: nn.Module) -> None:
         if self.clip:

@@ -1,7 +1,7 @@
 """One critic step and one generator step of Algorithm 1 (Gulrajani et al. 2017), on objects built once.
 
 The steps take their inputs and return their statistics; the two losses (eager compositions below, or compiled ones:
-trainer.accel.compiled), which critic forward (one joint pass or two), which backward (DDP, DeepSpeed, parameters
+trainer.core.compiled), which critic forward (one joint pass or two), which backward (DDP, DeepSpeed, parameters
 only) and the fp32 penalty are objects the builder chose (trainer.core.build).
 """
 
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.core.augment import identity
+from trainer.core.clock import Clock
 from trainer.core.guard import NonFiniteGuard
 from trainer.core.losses import CriticBatch, Objective, Stats
 
@@ -43,51 +44,55 @@ class Update:
 
 
 @dataclass
-class TrainState:
-    """The networks, their losses and updates one training run steps (built by trainer.core.build).
+class StepParts:
+    """The networks, their losses and updates that one training run steps (built by trainer.core.build).
 
-    `generator` is the prepared (DDP) generator; `sample` the raw one, for fakes without gradients; `critic` the raw
-    critic, frozen in the generator step; `critic_loss` and `generator_loss` the whole losses of a batch (the
-    compositions below, or compiled: trainer.accel.compiled); `objective` the terms they add up.
+    `generator` is the prepared (DDP) generator; `generator_raw` the module inside it, for fakes without gradients;
+    `critic` the raw critic, frozen in the generator step; `critic_loss` and `generator_loss` the whole losses of a
+    batch (the compositions below, or compiled: trainer.core.compiled); `objective` the terms they add up; `clock` the
+    run's one step counter, which only the steps below advance.
     """
 
     generator: nn.Module
-    sample: nn.Module
+    generator_raw: nn.Module
     critic: nn.Module
     critic_loss: CriticLoss
     generator_loss: GeneratorLoss
     objective: Objective
     update_critic: Update
     update_generator: Update
+    clock: Clock
     augment: Augment = identity  # DiffAugment on every critic input (data.augment); default none
-    step: int = 0  # generator steps done
 
 
-def critic_step(s: TrainState, real: Tensor, labels: Optional[Tensor], z: Tensor, eps: Tensor) -> Stats:
+def critic_step(parts: StepParts, real: Tensor, labels: Optional[Tensor], z: Tensor, eps: Tensor) -> Stats:
     """Algorithm 1, lines 3-9: one critic update on a real batch, fakes G(z) and one eps per sample."""
     with torch.no_grad():  # conditional: the fakes take the real batch's labels, as the paper's AC-GAN code
-        fake = s.sample(z, labels).float()
-    real, fake = s.augment(real), s.augment(fake)  # the critic sees both augmented; x_hat mixes the augmented pair
-    loss, stats = s.critic_loss(real, fake, labels, eps)  # E[D(fake)] - E[D(real)] + lambda * GP (+ the options)
-    s.update_critic(loss)
+        fake = parts.generator_raw(z, labels).float()
+    real, fake = parts.augment(real), parts.augment(fake)  # the critic sees both augmented; x_hat mixes them
+    loss, stats = parts.critic_loss(real, fake, labels, eps)  # E[D(fake)] - E[D(real)] + lambda * GP (+ options)
+    parts.update_critic(loss)
+    parts.clock.critic += 1
     return {**stats, "loss_d": loss}
 
 
-def generator_step(s: TrainState, z: Tensor, labels: Optional[Tensor]) -> Stats:
+def generator_step(parts: StepParts, z: Tensor, labels: Optional[Tensor]) -> Stats:
     """Algorithm 1, lines 11-12: one generator update through the critic, whose weights take no gradient."""
-    with frozen(s.critic):
-        loss = s.generator_loss(z, labels, s.augment)  # -E[D(G(z))], G(z) augmented as the critic's inputs
-        s.update_generator(loss)
+    with frozen(parts.critic):
+        loss = parts.generator_loss(z, labels, parts.augment)  # -E[D(G(z))], G(z) augmented as the critic's inputs
+        parts.update_generator(loss)
     return {"loss_g": loss}
 
 
-def iteration(s: TrainState, inputs, phase=None) -> list[Stats]:
-    """One generator iteration: n critic steps, then one generator step, on `inputs`' draws (trainer.core.inputs)."""
+def iteration(parts: StepParts, inputs, phase=None) -> list[Stats]:
+    """One generator iteration: n critic steps, then one generator step, on `inputs`' draws (trainer.core.inputs).
+    The generator step count is the caller's to advance (trainer.core.loop.train_step: the EMA and the statistics
+    of the iteration come first)."""
     phase = phase or _no_phase
     with phase("critic"):
-        records = [critic_step(s, *inputs.critic()) for _ in range(inputs.n_critic)]
+        records = [critic_step(parts, *inputs.critic()) for _ in range(inputs.n_critic)]
     with phase("generator"):
-        records.append(generator_step(s, *inputs.generator()))
+        records.append(generator_step(parts, *inputs.generator()))
     return records
 
 

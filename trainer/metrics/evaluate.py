@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -14,8 +12,9 @@ from trainer.accel.runtime import raw_module
 from trainer.config import Config
 from trainer.data.batches import to_unit_range
 from trainer.data.files import resize_uint8
-from trainer.data.mnist5k import load_mnist5k
+from trainer.data.registry import DATASETS
 from trainer.data.toys import TOYS
+from trainer.digest import cached_file_sha256
 from trainer.metrics import feature_classifier, inception
 from trainer.metrics.manifold import MAX_FEATURES, manifold_metrics
 from trainer.metrics.moments import (
@@ -43,16 +42,15 @@ class Scores(dict):
 
 
 def family(dataset: str) -> str:
-    """toy, classifier or inception: which metrics fit `dataset`.
+    """toy, classifier or inception: which metrics fit `dataset` (its registry entry's `metrics`).
 
     The 2-D toys get the exact W1 to real points, modes covered and the high-quality fraction (trainer.metrics.toy);
     digits, MNIST and Fashion-MNIST a Frechet distance and an Inception score in the feature space of a small
     classifier trained on the real data (trainer.metrics.feature_classifier); other image sets FID, KID and the
     Inception score (trainer.metrics.inception), which evaluate(with_inception=True) / --inception adds for any.
     """
-    if dataset in TOYS:
-        return "toy"
-    return "classifier" if dataset in feature_classifier.DATASETS else "inception"
+    spec = DATASETS.get(dataset)
+    return spec.metrics if spec is not None else "inception"
 
 
 def generated_batches(
@@ -111,15 +109,16 @@ def classifier_scores(
     """Collective: fd_classifier, is_classifier, classes_covered, precision, recall, density, coverage of `batches`
     (this process's share of num images in [-1, 1] with their global indices) against the reference's real images."""
     model = ref.model.to(device)
+    classes = model.head.out_features  # the dataset's classes (its spec's num_classes when it was trained)
     moments = Moments.zeros(feature_classifier.FEATURES, device)
-    scores = ScoreSums.zeros(1, feature_classifier.CLASSES, device)
-    votes = torch.zeros(feature_classifier.CLASSES, dtype=torch.float64, device=device)
+    scores = ScoreSums.zeros(1, classes, device)
+    votes = torch.zeros(classes, dtype=torch.float64, device=device)
     kept = [torch.zeros(0, feature_classifier.FEATURES, device=device)]
     for images, index in batches:
         features, logits = model(images.to(device))
         moments.add(features)
         scores.add(logits, index, num)
-        votes += torch.bincount(logits.argmax(1), minlength=feature_classifier.CLASSES).double()
+        votes += torch.bincount(logits.argmax(1), minlength=classes).double()
         kept.append(features[index.to(device) < MAX_FEATURES].float())
     mean, cov = moments.reduced().mean_cov()
     (votes,) = all_reduce_sum(votes)
@@ -127,7 +126,7 @@ def classifier_scores(
     out = {
         "fd_classifier": frechet_distance(mean, cov, ref.real_mean.to(device), ref.real_cov.to(device)),
         "is_classifier": scores.reduced().score()[0],
-        "classes_covered": float((votes >= COVERED_SHARE * num / feature_classifier.CLASSES).sum()),
+        "classes_covered": float((votes >= COVERED_SHARE * num / classes).sum()),
     }
     return {**out, **manifold_metrics(ref.real_features.to(device), fake)}
 
@@ -166,18 +165,22 @@ def classifier_provenance(ref: feature_classifier.Reference, cfg: Config, num: i
 
 
 def real_baseline(cfg: Config, device: torch.device | str = "cpu") -> dict[str, float]:
-    """The classifier metrics of real held-out images (mnist5k's 1,000) against the training reference: the best a
-    generator can expect at that sample count. Compare generators at --num 1000 with it (FD is biased by n)."""
-    if cfg.data.name != "mnist5k":
+    """The classifier metrics of real held-out images (the dataset spec's `held_out`, e.g. mnist5k's 1,000) against
+    the training reference: the best a generator can expect at that sample count. Compare generators at --num 1000
+    with it (FD is biased by n)."""
+    spec = DATASETS.get(cfg.data.name)
+    if spec is None or spec.held_out is None:
         raise ValueError(f"a real-vs-real baseline needs a held-out split; data.name={cfg.data.name} has none here")
-    images = resize_uint8(load_mnist5k("held-out")[0], cfg.data.image_size)
+    images = resize_uint8(spec.held_out()[0], cfg.data.image_size)
     lo, hi = shard_bounds(images.shape[0], *rank_world())
     parts = torch.arange(lo, hi).split(BATCH)
     batches = ((to_unit_range(images[index]).to(device), index) for index in parts)
     ref = classifier_reference(cfg)
     with torch.no_grad():
         scores = classifier_scores(ref, batches, images.shape[0], device)
-    return Scores(scores, {**classifier_provenance(ref, cfg, images.shape[0]), "fake": "mnist5k held-out split"})
+    return Scores(
+        scores, {**classifier_provenance(ref, cfg, images.shape[0]), "fake": f"{cfg.data.name} held-out split"}
+    )
 
 
 def inception_metrics(
@@ -194,30 +197,15 @@ def inception_metrics(
     out = {**inception.inception_metrics(real, fake, seed), **manifold_metrics(real.kept, fake.kept)}
     provenance = {
         "extractor": "inception-v3-compat (torchmetrics NoTrainInceptionV3, pool3 2048-d)",
-        "extractor_sha256": file_sha256(weights),
+        "extractor_sha256": cached_file_sha256(weights),
         "resize": f"{resize}: {inception.RESIZES[resize]}",
         "num_real": int(real.moments.count),
         "num_fake": num,
         "num_real_knn": int(real.kept.shape[0]),
         "num_fake_knn": int(fake.kept.shape[0]),
-        "reference_sha256": file_sha256(cache),
+        "reference_sha256": cached_file_sha256(cache),
     }
     return Scores(out, provenance)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_sha256(path: str, mtime: float, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per (path, mtime, size)."""
-    stat = Path(path).stat()
-    return _file_sha256(str(path), stat.st_mtime, stat.st_size)
 
 
 def metric_functions(cfg: Config, with_inception: bool, resize: str = "legacy") -> list[Callable[..., dict]]:

@@ -15,24 +15,26 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from trainer.data import registry
 from trainer.data.batches import to_unit_range
-from trainer.data.mnist5k import load_mnist5k
-from trainer.data.registry import load_digits_uint8, load_torchvision_uint8, resize_uint8
+from trainer.data.registry import resize_uint8
 from trainer.metrics.moments import Moments
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "mnist5k")
+# The datasets it scores: those whose registry entry asks for the classifier metrics.
+DATASETS = tuple(name for name, spec in registry.DATASETS.items() if spec.metrics == "classifier")
 VERSION = 2  # part of the cache file name: bump when the network, its training or the cached statistics change
 MAX_REAL_FEATURES = 10_000  # real feature vectors kept for precision/recall and density/coverage
-CLASSES, FEATURES = 10, 128
+FEATURES = 128
+CLASSES = 10  # the head's width when none is given; load_or_train sizes it by the dataset's spec (num_classes)
 SEED, TEST_SHARE, BATCH, LR = 0, 1 / 6, 64, 2e-3
 MIN_EPOCHS, MIN_STEPS = 3, 500  # trains for whichever is longer (digits: 500 steps, MNIST: 3 epochs)
 CACHE_ENV = "WGAN_GP_CACHE"
 
 
 class FeatureClassifier(nn.Module):
-    """(N, 1, S, S) in [-1, 1] -> (penultimate features (N, 128), class logits (N, 10)); any side S >= 4."""
+    """(N, 1, S, S) in [-1, 1] -> (penultimate features (N, 128), class logits (N, num_classes)); any side S >= 4."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = CLASSES) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, 1, 1), nn.ReLU(),
@@ -40,7 +42,7 @@ class FeatureClassifier(nn.Module):
             nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64 * 2 * 2, FEATURES), nn.ReLU(),
         )  # fmt: skip
-        self.head = nn.Linear(FEATURES, CLASSES)
+        self.head = nn.Linear(FEATURES, num_classes)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.features(x)
@@ -89,23 +91,18 @@ def cache_path(cache_dir: Optional[str], dataset: str, image_size: int) -> Path:
 
 
 def load_labelled(dataset: str, root: str, image_size: int) -> tuple[Tensor, Tensor]:
-    """The training split as uint8 (N, 1, S, S) images resized like trainer.data.registry does, and int64 labels."""
-    if dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        images, labels = load_digits_uint8(), torch.from_numpy(load_digits().target)
-    elif dataset == "mnist5k":
-        images, labels = load_mnist5k("train")
-    else:
-        from torchvision import datasets
-
-        images = load_torchvision_uint8(dataset, root, download=False)  # the data module's errors when missing
-        cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[dataset]
-        labels = cls(root=root, train=True, download=False).targets
+    """The training split (the registry's loader) as uint8 (N, 1, S, S) images resized like trainer.data.registry
+    does, and int64 labels."""
+    spec = registry.DATASETS.get(dataset)  # the live entry, not DATASETS above: an entry added later counts too
+    if spec is None or spec.metrics != "classifier" or spec.load is None:
+        raise ValueError(f"{dataset} has no feature classifier; the datasets that have one: {', '.join(DATASETS)}")
+    images, labels = spec.load(root, False)  # never downloads: the data module's errors say how to get the files
     return resize_uint8(images, image_size), labels.long()
 
 
-def train_classifier(images: Tensor, labels: Tensor, seed: int = SEED) -> tuple[FeatureClassifier, float]:
+def train_classifier(
+    images: Tensor, labels: Tensor, seed: int = SEED, num_classes: int = CLASSES
+) -> tuple[FeatureClassifier, float]:
     """Trains on a fixed 5/6 of (images, labels), returns the model (eval mode) and its accuracy on the other 1/6."""
     # fork_rng leaves the caller's (the training loop's) RNG streams untouched; evaluate() runs under no_grad.
     with torch.random.fork_rng(), torch.enable_grad():
@@ -113,7 +110,7 @@ def train_classifier(images: Tensor, labels: Tensor, seed: int = SEED) -> tuple[
         order = torch.randperm(images.shape[0])
         n_test = int(images.shape[0] * TEST_SHARE)
         test, train = order[:n_test], order[n_test:]
-        model = FeatureClassifier()
+        model = FeatureClassifier(num_classes)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR)
         steps = max(MIN_STEPS, MIN_EPOCHS * train.numel() // BATCH)
         for _ in range(steps):
@@ -161,7 +158,7 @@ def load_reference(path: Path) -> Reference:
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         accuracy, count = float(f.metadata()["test_accuracy"]), int(f.metadata()["real_count"])
-    model = FeatureClassifier()
+    model = FeatureClassifier(tensors["model.head.weight"].shape[0])  # as many classes as it was trained with
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     return Reference(model.eval(), tensors["real_mean"], tensors["real_cov"], accuracy, tensors["real_features"], count)
 
@@ -178,7 +175,7 @@ def load_or_train(dataset: str, root: str, image_size: int, cache_dir: Optional[
     if path.is_file():
         return load_reference(path)
     images, labels = load_labelled(dataset, root, image_size)
-    model, accuracy = train_classifier(images, labels)
+    model, accuracy = train_classifier(images, labels, num_classes=registry.DATASETS[dataset].num_classes)
     mean, cov = feature_moments(model, images).mean_cov()
     ref = Reference(model, mean, cov, accuracy, kept_features(model, images), images.shape[0])
     save_reference(ref, path)

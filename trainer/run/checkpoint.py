@@ -10,12 +10,12 @@ except Accelerate's RNG and optimizer files, which Accelerate loads with weights
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 from accelerate import Accelerator
@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from trainer.digest import file_sha256
 from trainer.errors import TrainerError
 
 STATE_FILE = "trainer_state.json"
@@ -31,6 +32,20 @@ EXPORT_FILE = "generator.safetensors"
 EMA_FILE = "ema.safetensors"
 PREFIX = "step-"
 NAME = re.compile(r"step-(\d{8,})")  # a checkpoint's folder name; anything else in checkpoints/ is not ours
+T = TypeVar("T")
+
+
+@dataclass
+class Snapshot:
+    """What a checkpoint holds of a run besides Accelerate's state (networks, optimizers, grad scaler, every process's
+    RNG): trainer.core.build.Training.state_dict() makes it, Training.load_state_dict() reads its record back."""
+
+    step: int
+    shared: dict[str, Any]  # the same on every process: data position, number of classes
+    per_process: dict[str, Any]  # this process's: parameter fingerprints, the log interval's running statistics
+    config_yaml: str  # the resolved config as written out
+    export: nn.Module  # generator.safetensors: what trainer.sample and trainer.export read
+    ema: Optional[nn.Module]  # ema.safetensors
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -80,7 +95,7 @@ def verify(path: Path) -> dict[str, Any]:
         for name, digest in record.get("files", {}).items():
             if not (path / name).is_file():
                 raise ValueError(f"{name} is missing")
-            if _sha256(path / name) != digest:
+            if file_sha256(path / name) != digest:
                 raise ValueError(f"{name} differs from the SHA-256 recorded when it was written (cut or corrupted)")
         OmegaConf.create(read_config_yaml(path))
         return record
@@ -90,18 +105,22 @@ def verify(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def choose(run_dir: Path, resume: Optional[str], warn: bool) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
-    """The verified checkpoint to resume from and its record: run.resume=latest falls back past damaged ones with a
-    warning naming the file; an explicit run.resume path that is damaged is an error."""
-    chosen = resolve(run_dir, resume)
-    if chosen is None:
-        return None, None
-    candidates = [chosen] if resume != "latest" else list(reversed(list_checkpoints(run_dir)))
-    for i, path in enumerate(candidates):
+def candidates(run_dir: Path, resume: Optional[str], chosen: Path) -> list[Path]:
+    """`chosen`, then under run.resume=latest every older checkpoint, newest first: what a fallback may try."""
+    if resume != "latest":
+        return [chosen]
+    step = int(chosen.name[len(PREFIX) :])
+    return [chosen, *(p for p in reversed(list_checkpoints(run_dir)) if int(p.name[len(PREFIX) :]) < step)]
+
+
+def first_intact(paths: list[Path], attempt: Callable[[Path], T], warn: bool) -> tuple[Path, T]:
+    """The first of `paths` for which `attempt` (verify, or verify and load) succeeds, with its result; each failure
+    before the last is a warning naming the file and the checkpoint fallen back to, the last one the error."""
+    for i, path in enumerate(paths):
         try:
-            return path, verify(path)
+            return path, attempt(path)
         except TrainerError as err:
-            if i == len(candidates) - 1:
+            if i == len(paths) - 1:
                 fix = (
                     "point run.resume at an earlier checkpoint, or start a new run.dir"
                     if i == 0
@@ -109,16 +128,17 @@ def choose(run_dir: Path, resume: Optional[str], warn: bool) -> tuple[Optional[P
                 )
                 raise TrainerError(f"{err} {fix[0].upper()}{fix[1:]}.") from None
             if warn:
-                print(f"[wgan-gp] warning: {err} Falling back to {candidates[i + 1].name}.", flush=True)
-    raise AssertionError("unreachable: resolve() returned a checkpoint, so there is at least one candidate")
+                print(f"[wgan-gp] warning: {err} Falling back to {paths[i + 1].name}.", flush=True)
+    raise AssertionError("unreachable: there is at least one candidate")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def choose(run_dir: Path, resume: Optional[str], warn: bool) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The verified checkpoint to resume from and its record: run.resume=latest falls back past damaged ones with a
+    warning naming the file; an explicit run.resume path that is damaged is an error."""
+    chosen = resolve(run_dir, resume)
+    if chosen is None:
+        return None, None
+    return first_intact(candidates(run_dir, resume, chosen), verify, warn)
 
 
 def require_finite(modules: dict[str, nn.Module], step: int, run_dir: Path) -> None:
@@ -139,19 +159,10 @@ def _state_dict_fp32(module: nn.Module) -> dict:
     return {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def save(
-    accelerator: Accelerator,
-    run_dir: Path,
-    step: int,
-    state: dict[str, Any],
-    config_yaml: str,
-    export: nn.Module,
-    ema: Optional[nn.Module],
-    per_process: dict[str, Any],
-    keep: int,
-) -> Path:
-    """Collective: every process calls it; `per_process` (fingerprints, statistics) is stored per process, each
-    key as a list indexed by process. Returns the final folder."""
+def save(accelerator: Accelerator, run_dir: Path, snapshot: Snapshot, keep: int) -> Path:
+    """Collective: every process calls it with its own snapshot; the per-process part is stored per process, each key
+    as a list indexed by process. Returns the final folder. The mirror image of `load`."""
+    step, per_process = snapshot.step, snapshot.per_process
     folder = checkpoint_dir(run_dir)
     final, tmp = folder / f"{PREFIX}{step:08d}", folder / f".tmp-{PREFIX}{step:08d}"
     try:
@@ -162,12 +173,12 @@ def save(
         accelerator.save_state(str(tmp))
         per_rank = gather_object([per_process])
         if accelerator.is_main_process:
-            (tmp / "config.yaml").write_text(config_yaml)
-            save_file(_state_dict_fp32(export), str(tmp / EXPORT_FILE))
-            if ema is not None:
-                save_file(_state_dict_fp32(ema), str(tmp / EMA_FILE))
-            files = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
-            record = {**state, "step": step, "world_size": accelerator.num_processes, "files": files}
+            (tmp / "config.yaml").write_text(snapshot.config_yaml)
+            save_file(_state_dict_fp32(snapshot.export), str(tmp / EXPORT_FILE))
+            if snapshot.ema is not None:
+                save_file(_state_dict_fp32(snapshot.ema), str(tmp / EMA_FILE))
+            files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+            record = {**snapshot.shared, "step": step, "world_size": accelerator.num_processes, "files": files}
             record.update({key: [rank[key] for rank in per_rank] for key in per_process})
             (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
             publish(tmp, final)
@@ -209,7 +220,8 @@ def _prune(run_dir: Path, keep: int) -> None:
 
 
 def load(accelerator: Accelerator, path: Path, ema: Optional[nn.Module]) -> dict[str, Any]:
-    """Restores models, optimizers, scaler and this process's RNG in place; returns the trainer state record."""
+    """The mirror image of `save`: restores networks, optimizers, scaler and this process's RNG (Accelerate) and the
+    EMA in place; returns the record (trainer.core.build.Training.load_state_dict reads the rest from it)."""
     try:
         accelerator.load_state(str(path))
         record = json.loads((path / STATE_FILE).read_text())
@@ -217,26 +229,19 @@ def load(accelerator: Accelerator, path: Path, ema: Optional[nn.Module]) -> dict
             ema.load_state_dict(load_file(str(path / EMA_FILE)))  # CPU, then copied (safetensors rejects cpu:0)
     except Exception as err:  # noqa: BLE001 - any unreadable file means the same thing to the user
         raise TrainerError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {str(err)[:300]}). It may be cut off or from "
-            f"another version; point run.resume at an earlier checkpoint in {path.parent}, or start a new run.dir."
+            f"checkpoint {path} could not be read ({type(err).__name__}: {' '.join(str(err).split())[:300]}): it "
+            f"may be cut off or from another version."
         ) from None
     return record
 
 
 def load_with_fallback(
-    accelerator: Accelerator, run_dir: Path, chosen: Path, resume: str, ema: Optional[nn.Module]
+    accelerator: Accelerator, run_dir: Path, chosen: Path, resume: Optional[str], ema: Optional[nn.Module]
 ) -> tuple[Path, dict[str, Any]]:
-    """Loads `chosen`; with run.resume=latest an unreadable checkpoint falls back to the previous one (a warning)."""
-    candidates = [chosen] if resume != "latest" else list(reversed(list_checkpoints(run_dir)))
-    for i, path in enumerate(candidates):
-        try:
-            return path, load(accelerator, path, ema)
-        except TrainerError as err:
-            if i == len(candidates) - 1:
-                raise
-            if accelerator.is_main_process:
-                print(f"[wgan-gp] warning: {err} Falling back to {candidates[i + 1].name}.", flush=True)
-    raise AssertionError("unreachable: resolve() returned a checkpoint, so there is at least one candidate")
+    """Verifies and loads `chosen`; under run.resume=latest a checkpoint that verifies but cannot be loaded falls back
+    to the next older intact one (verified, then loaded), with a warning."""
+    attempt = lambda path: (verify(path), load(accelerator, path, ema))[1]  # noqa: E731
+    return first_intact(candidates(run_dir, resume, chosen), attempt, accelerator.is_main_process)
 
 
 def read_config_yaml(path: Path) -> str:

@@ -1,8 +1,8 @@
 """The run folder: one run per folder (a lock), the checks before a start or resume, the resolved config.
 
-The start order reports the user's own mistakes first: launch and size checks (`check_start`), then the data
-(loaded by the loop), then the folder (`claim`: lock, checkpoint choice, compatibility), and writes `config.yaml`
-only once the run has really started (`write_config`).
+The start order reports the user's own mistakes first: the config (trainer.core.gate), the machine
+(trainer.core.gate.environment), then the data (loaded by the loop), then the folder (`claim`: lock, checkpoint
+choice, compatibility), and writes `config.yaml` only once the run has really started (`write_config`).
 """
 
 from __future__ import annotations
@@ -49,55 +49,6 @@ def check_compatible(cfg: Config, saved_yaml: str, source: Path) -> list[str]:
             f"them, or start a new run.dir to train the changed setup."
         )
     return changed
-
-
-def check_start(cfg: Config, accelerator: Accelerator) -> None:
-    """Before any data or model: a precision the device cannot run, and sizes that cannot fit in memory."""
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise TrainerError(
-            "train.precision=fp16 needs a CUDA GPU, but this run is on the CPU, where it would silently train in "
-            "float32. Use train.precision=bf16 (CPU autocast) or train.precision=no."
-        )
-    need, have = memory_estimate(cfg), _memory_available(accelerator)
-    if have and need > have:
-        raise TrainerError(
-            f"this config needs about {need / 2**30:,.1f} GiB on {accelerator.device.type} (weights, gradients, Adam "
-            f"moments and EMA of model.name={cfg.model.name} with model.z_dim={cfg.model.z_dim}, model.width="
-            f"{cfg.model.width}, plus a batch of train.batch_size={cfg.train.batch_size}), but {have / 2**30:,.1f} GiB "
-            f"exist there. Lower model.z_dim, model.width or train.batch_size."
-        )
-
-
-def memory_estimate(cfg: Config) -> int:
-    """Bytes a run holds at least: 4 float32 copies of every parameter (weights, grads, two Adam moments), the EMA
-    generator, and a critic batch of real, fake and interpolated samples. Built on the meta device: no memory."""
-    import torch
-
-    from trainer.data.registry import DATASETS
-    from trainer.nets.models import build_models
-
-    spec = DATASETS[cfg.data.name]
-    classes = 10 if cfg.model.conditional else 0
-    with torch.device("meta"):
-        generator, critic = build_models(
-            cfg.model.name, cfg.model.z_dim, cfg.model.width, spec.channels, cfg.data.image_size, num_classes=classes
-        )
-    n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (generator, critic))
-    sample = 2 if spec.is_toy else spec.channels * cfg.data.image_size**2
-    batch = max(cfg.train.batch_size, cfg.train.batch_size_g) * (3 * sample + cfg.model.z_dim)
-    return 4 * (4 * (n_g + n_d) + n_g + batch)
-
-
-def _memory_available(accelerator: Accelerator) -> int:
-    """Total memory of the run's device in bytes (0 if unknown)."""
-    import torch
-
-    if accelerator.device.type == "cuda":
-        return torch.cuda.get_device_properties(accelerator.device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 @contextmanager
@@ -158,8 +109,8 @@ def _choose(cfg: Config, run_dir: Path, main: bool) -> tuple[Optional[Path], Opt
     return resume_from, record
 
 
-def finished(cfg: Config, record: Optional[dict], resume_from: Optional[Path]) -> Optional[str]:
-    """The notice for a resume whose checkpoint is already at train.steps (nothing to train), else None."""
+def nothing_to_train(cfg: Config, record: Optional[dict], resume_from: Optional[Path]) -> Optional[str]:
+    """The notice for a resume whose checkpoint is already at train.steps (the run is complete), else None."""
     if record is None or record["step"] < cfg.train.steps:
         return None
     return (
@@ -178,9 +129,7 @@ def lock(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(run_dir / LOCK_FILE, "a+")
     except OSError as err:
-        raise TrainerError(
-            f"run.dir={run_dir} cannot be written ({err.strerror}). Choose a writable run.dir."
-        ) from None
+        raise _unwritable(run_dir, err) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -206,15 +155,14 @@ def release(run_dir: Path) -> None:
         handle.close()
 
 
-def write_config(cfg: Config, accelerator: Accelerator, run_dir: Path) -> None:
-    """RUN_DIR/config.yaml, once the run has started (a failed start leaves none behind)."""
+def write_config(cfg: Config, accelerator: Accelerator, run_dir: Path, plan: str = "") -> None:
+    """RUN_DIR/config.yaml, once the run has started (a failed start leaves none behind); `plan` is the execution
+    plan's comment (trainer.accel.plan.ExecutionPlan.comment), appended as the checkpoints' copies have it."""
     if accelerator.is_main_process:
         try:
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (run_dir / "config.yaml").write_text(to_yaml(cfg) + plan)
         except OSError as err:
-            raise TrainerError(
-                f"run.dir={run_dir} cannot be written ({err.strerror}). Choose a writable run.dir."
-            ) from None
+            raise _unwritable(run_dir, err) from None
     accelerator.wait_for_everyone()
 
 

@@ -68,21 +68,23 @@ def wandb_init_kwargs(cfg: Config, run_dir: Path) -> dict:
     return {**kwargs, "mode": _wandb_mode()}
 
 
-def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None:
-    """Initialises the configured tracker on the main process; W&B that cannot start online falls back to offline."""
+def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path, execution: dict | None = None) -> None:
+    """Initialises the configured tracker on the main process; W&B that cannot start online falls back to offline.
+    Its config is the run's (as written out) plus, under `execution`, how the run executes (trainer.accel.plan)."""
     if cfg.log.tracker == "none":
         return
+    config = {**to_dict(cfg), **({"execution": execution} if execution else {})}
     main_wandb = cfg.log.tracker == "wandb" and accelerator.is_main_process
     kwargs = {"wandb": wandb_init_kwargs(cfg, run_dir)} if main_wandb else {}
     try:
-        accelerator.init_trackers(cfg.log.project, config=to_dict(cfg), init_kwargs=kwargs)
+        accelerator.init_trackers(cfg.log.project, config=config, init_kwargs=kwargs)
     except Exception as err:  # noqa: BLE001 - a network or login failure must not cost the run
         if cfg.log.tracker != "wandb" or kwargs.get("wandb", {}).get("mode") == "offline":
             raise
         print(f"[wgan-gp] warning: W&B did not start online ({err}); logging offline instead.", flush=True)
         _forget_failed_wandb(accelerator)
         kwargs["wandb"]["mode"] = "offline"
-        accelerator.init_trackers(cfg.log.project, config=to_dict(cfg), init_kwargs=kwargs)
+        accelerator.init_trackers(cfg.log.project, config=config, init_kwargs=kwargs)
     if main_wandb:
         run = accelerator.get_tracker("wandb", unwrap=True)
         # W&B's own step is the generator step (accelerator.log(..., step=step)); images_seen is the other x axis.

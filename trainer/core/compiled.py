@@ -3,21 +3,20 @@
 The penalty's input gradient is taken with torch.func (trainer.core.losses.functional_input_gradient), so the graph
 aot_autograd traces is first order; the step's single `loss.backward()` then runs aot_autograd's backward of it,
 which is the penalty's double backward. The penalty still runs in float32 with autocast off (gradient_penalty), the
-main pass in the launch's precision. The lazy penalty's clock is host state: it ticks here, outside the graphs, and
-picks one of two compiled losses (with the penalty, without it), so no step recompiles.
+main pass in the launch's precision. Whether a critic step pays the lazy penalty is host state (the run's clock,
+advanced by the step): it is read here, outside the graphs, and picks one of two compiled losses (with the penalty,
+without it), so no step recompiles.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from trainer.core.augment import identity
-from trainer.core.losses import Objective, Penalty, Stats, functional_input_gradient
+from trainer.core.losses import Objective, Penalty, Stats
 from trainer.core.step import Augment, CriticLoss, GeneratorLoss, critic_loss
 
 
@@ -38,16 +37,16 @@ class CompiledCriticLoss:
         backend: str,
     ) -> None:
         self.penalty = penalty
-        traced = None if penalty is None else replace(penalty, gradient=functional_input_gradient, around=nullcontext)
+        traced = None if penalty is None else penalty.traceable()
         paying = [traced.term if term is penalty else term for term in objective.critic_terms]
         skipping = [term for term in objective.critic_terms if term is not penalty]
         self.losses = {  # each is traced at its first call (never, if it never runs)
-            due: compiled(critic_loss(scores, replace(objective, critic_terms=terms)), backend)
+            due: compiled(critic_loss(scores, objective.with_terms(terms)), backend)
             for due, terms in ((True, paying), (False, skipping))
         }
 
     def __call__(self, real: Tensor, fake: Tensor, labels: Optional[Tensor], eps: Tensor) -> tuple[Tensor, Stats]:
-        due = self.penalty is not None and self.penalty.tick()
+        due = self.penalty is not None and self.penalty.due()
         return self.losses[due](real, fake, labels, eps)
 
 
