@@ -99,3 +99,51 @@ def test_a_busy_cpu_is_named_with_the_fix(monkeypatch) -> None:
     assert runtime.busy_cpu_warning(1, 0) == ""  # nothing to lower
     monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
     assert runtime.busy_cpu_warning(2, 0) == ""  # idle
+
+
+def test_bad_input_is_refused_before_torch_is_imported() -> None:
+    """A typo'd key, a wrong type, an impossible value and a missing config file are refused by the parser and the
+    gate's first concern, before the heavy imports: `-X importtime` shows no torch module loaded (the time itself is
+    measured in the README, not here)."""
+    for args in (["train.stepz=3"], ["train.steps=abc"], ["train.steps=0"], ["--config", "configs/nope.yaml"]):
+        proc = run_cmd([sys.executable, "-X", "importtime", "train.py", *args])
+        imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+        assert proc.returncode == 2 and "error: " in proc.stderr and "Traceback" not in proc.stderr, args
+        assert imported and not any(name.split(".")[0] == "torch" for name in imported), args
+    control = run_cmd([sys.executable, "-X", "importtime", "train.py", "--print-config"])  # a valid config: the gate
+    assert any(line.split("|")[-1].strip() == "torch" for line in control.stderr.splitlines())  # imports torch
+
+
+def test_a_flag_for_a_config_key_names_the_override() -> None:
+    proc = python_train("--steps", "300")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unrecognized arguments: --steps" in proc.stderr and "e.g. train.steps=300" in proc.stderr
+
+
+def test_idle_openmp_threads_sleep_and_a_log_file_gets_plain_lines(run_dir: Path) -> None:
+    """train.py sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise (the plan line names it); output
+    that is no terminal gets one plain line per log interval and no carriage return."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "train.py", f"run.dir={run_dir}", "train.steps=4", *TINY, "log.every=2"],
+                          cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "(OpenMP waits passive)" in proc.stdout and "\r" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[wgan-gp] step ")]
+    assert [line.split()[2] for line in lines] == ["2/4", "4/4"]
+    metrics = read_metrics(run_dir)
+    assert f"loss_d {metrics[-1]['loss_d']:.4f}" in lines[-1]
+    active = python_train(f"run.dir={run_dir}-active", "train.steps=1", *TINY, env={"OMP_WAIT_POLICY": "ACTIVE"})
+    assert active.returncode == 0 and "(OpenMP waits active)" in active.stdout
+
+
+def test_bench_contention_runs_both_wait_policies_quiet_and_loaded(tmp_path: Path) -> None:
+    """python -m trainer.bench --contention N starts its own load, runs train.py under both policies and reports the
+    ratios; the metrics of all four runs are identical (the policy changes how threads wait, not what they add)."""
+    out = tmp_path / "contention.json"
+    cmd = [sys.executable, "-m", "trainer.bench", "--contention", "1", "--contention-steps", "2", "--out", str(out)]
+    proc = run_cmd([*cmd, *TINY])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = __import__("json").loads(out.read_text())
+    assert res["metrics_identical"] is True and set(res["ratio"]) == {"ACTIVE", "PASSIVE"}
+    assert len(res["seconds"]) == 4 and all(v > 0 for v in res["seconds"].values())
+    assert "ratio" in proc.stdout and "metrics identical across all 4 runs: True" in proc.stdout

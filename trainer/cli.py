@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from typing import Optional
 
-from trainer.errors import TrainerError
-from trainer.run.signals import EXIT_PREEMPTED, Preempted, install
+# Idle OpenMP threads sleep instead of spinning (set before torch's OpenMP runtime starts, i.e. before torch is
+# imported): on a busy machine a spinning thread burns the core its sibling needs, and a 40-step default run took
+# 76-199 s at load 4.5-5 on 2 cores against 35-39 s with passive waiting; the arithmetic is the same, so the metrics
+# are bit-identical (README: Measured; `python -m trainer.bench --contention 2` measures it). An explicit
+# OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from trainer.errors import TrainerError  # noqa: E402 - after the OpenMP setting above
+from trainer.run.signals import EXIT_PREEMPTED, Preempted, install  # noqa: E402
 
 EXIT_USER_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """argparse's own error, plus the form overrides take (`--steps 300` is the usual slip); exit 2."""
+        print(f"{self.prog}: error: {message}.{_flag_hint(sys.argv[1:])}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _flag_hint(args: list[str]) -> str:
+    """For a `--name` that is no option of train.py: the config keys it may mean, written as an override."""
+    options = ("--config", "--print-config", "--help")
+    given = [(i, a) for i, a in enumerate(args) if a.startswith("--") and a.split("=")[0] not in options]
+    if not given:
+        return ""
+    i, flag = given[0]
+    flags = [flag.lstrip("-").split("=")[0]]
+    after = flag.split("=", 1)[1] if "=" in flag else (args[i + 1] if i + 1 < len(args) else "...")
+    from omegaconf import OmegaConf
+
+    from trainer.config import Config, _known_keys
+
+    keys = _known_keys(OmegaConf.structured(Config))
+    name = flags[0].replace("-", "_")
+    close = [k for k in keys if k.rsplit(".", 1)[-1] == name] or difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+    example = f"{close[0]}={after if '=' not in after or '=' in flag else '...'}" if close else "train.steps=300"
+    return (
+        f" Settings are dotted key=value overrides after the options, not flags: e.g. {example}"
+        + (f" (keys like --{flags[0]}: {', '.join(close)})" if close else "")
+        + "; python train.py --print-config lists every key."
+    )
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="train.py",
         description="Train a WGAN-GP. No arguments: the offline default (digits, CPU-friendly, a few minutes).",
         epilog="Example: accelerate launch train.py --config configs/mnist-dcgan.yaml train.steps=20000",

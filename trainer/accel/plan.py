@@ -7,6 +7,7 @@ comment and the tracker's config under `execution`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -24,6 +25,7 @@ class ExecutionPlan:
     processes: int
     precision: str  # no | bf16 | fp16: the main passes (the penalty is float32 in every plan)
     threads: int  # torch threads per process on CPU; 0 on accelerators
+    omp_wait: str  # OMP_WAIT_POLICY: PASSIVE (train.py's default: idle threads sleep) or what the environment said
     deepspeed: bool  # one DeepSpeed engine per network (else DDP, or one process)
     channels_last: bool  # NHWC weights for the conv presets
     joint_forward: bool  # one critic pass over cat(real, fake) (else two)
@@ -40,7 +42,7 @@ class ExecutionPlan:
         on = lambda flag: "on" if flag else "off"  # noqa: E731
         compiled = f"{self.compile} ({self.compile_backend})" if self.compile else "off"
         tf32 = {None: "PyTorch's default", True: "on", False: "off"}[self.tf32]
-        threads = f", {self.threads} threads" if self.threads else ""
+        threads = f", {self.threads} threads (OpenMP waits {self.omp_wait.lower()})" if self.threads else ""
         return (
             f"execution: {self.device} x{self.processes}{threads}, precision {self.precision}"
             f"{', DeepSpeed' if self.deepspeed else ''}; channels_last {on(self.channels_last)}, critic pass "
@@ -84,6 +86,7 @@ def resolve(cfg: Config, accelerator: Optional[Accelerator]) -> ExecutionPlan:
         processes=accelerator.num_processes if accelerator is not None else 1,
         precision=accelerator.mixed_precision if accelerator is not None else (cfg.train.precision or "no"),
         threads=torch.get_num_threads() if device.type == "cpu" else 0,
+        omp_wait=os.environ.get("OMP_WAIT_POLICY", "") or "unset",
         deepspeed=deepspeed,
         channels_last=channels_last(cfg, device) and not deepspeed,
         joint_forward=s.joint_forward if s.joint_forward is not None else device.type != "cpu",

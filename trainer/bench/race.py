@@ -41,6 +41,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--against", default="", help="'k=v ...': race the trainer with these overrides instead")
     parser.add_argument("--out", default="runs/bench/bench.json", help="JSON result file (default runs/bench/)")
     parser.add_argument("--baseline", help="a 1-process bench JSON of the same config: report scaling efficiency")
+    parser.add_argument("--contention", type=int, default=0, metavar="N",
+                        help="instead of the race: train.py quiet and beside N busy processes, both OpenMP wait "
+                        "policies (trainer.bench.contention)")  # fmt: skip
+    parser.add_argument("--contention-steps", type=int, default=60, help="generator steps of each --contention run")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -304,6 +308,15 @@ def _reference_step(reference: ReferenceLoop, timer: PhaseTimer, timed: bool = F
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if args.contention:
+        from trainer.bench import contention
+
+        overrides = [*(["--config", args.config] if args.config else []), *args.overrides]
+        res = contention.main(args.contention, args.contention_steps, overrides)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     try:
         cfg = configure(args.config, tuple(args.overrides))
         load_baseline(args.baseline, cfg)  # refused before any work

@@ -4,7 +4,7 @@ trainer.config parses (unknown keys, wrong types) and knows no registry; everyth
 wrong, one key's value or a combination of keys, is refused here, with the way out, in this order: values, names,
 losses, data, compile, CUDA graph, DeepSpeed. What stays for run time is facts about the environment only:
 `environment` (the device's precision and memory, once the Accelerator exists), the launcher's variables
-(trainer.accel.runtime.launcher_flags, applied by `configure(launch=True)` before the gate), the NCCL version and the
+(trainer.accel.launcher.launcher_flags, applied by `configure(launch=True)` before the gate), the NCCL version and the
 process group's settings (trainer.accel.cuda_graph.check_runtime).
 """
 
@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.accel import zero
 from trainer.config import (
     ARTIFACTS,
     COMPILE_BACKENDS,
@@ -30,13 +29,10 @@ from trainer.config import (
     Config,
     load_config,
 )
-from trainer.core.augment import POLICIES, parse_policy
-from trainer.core.losses import LOSSES
-from trainer.core.schedule import SCHEDULES
-from trainer.data.files import CROPS
-from trainer.data.registry import DATASETS
 from trainer.errors import TrainerError
-from trainer.nets.models import PRESETS
+
+# The registries (networks, datasets, losses) import torch, which takes seconds: they are imported by the concerns
+# that need them, after `values`, so that a typo'd key, a wrong type or an impossible value is refused at once.
 
 MAX_SEED = 2**32 - 1 - 4096  # numpy seeds are 32-bit; room for seed + process index
 LIMITS = {  # upper bounds no real run reaches (memory-bound sizes are estimated at start instead)
@@ -57,7 +53,7 @@ def configure(config_file: Optional[str] = None, overrides: tuple[str, ...] = ()
     config keys first, so that the gate judges what will really run."""
     cfg = load_config(config_file, overrides)
     if launch:
-        from trainer.accel.runtime import launcher_flags
+        from trainer.accel.launcher import launcher_flags
 
         launcher_flags(cfg)
     refuse(cfg)
@@ -163,6 +159,12 @@ def numbers(cfg: Config) -> None:
 
 def names(cfg: Config) -> None:
     """The names the registries hold: presets, datasets, losses, crops, schedules."""
+    from trainer.core.losses import LOSSES
+    from trainer.core.schedule import SCHEDULES
+    from trainer.data.files import CROPS
+    from trainer.data.registry import DATASETS
+    from trainer.nets.models import PRESETS
+
     choice("model.name", cfg.model.name, sorted(PRESETS))
     choice("data.name", cfg.data.name, sorted(DATASETS))
     choice("loss.name", cfg.loss.name, list(LOSSES))  # in the registry's order: the paper's first
@@ -172,6 +174,8 @@ def names(cfg: Config) -> None:
 
 def optimizer(cfg: Config) -> str:
     """The optimizer the run uses: optim.name, else the loss's paper default."""
+    from trainer.core.losses import LOSSES
+
     return cfg.optim.name or LOSSES[cfg.loss.name].optimizer
 
 
@@ -186,6 +190,10 @@ def losses(cfg: Config) -> None:
 
 def data(cfg: Config) -> None:
     """DiffAugment's policy, class labels for a conditional run, and a network that makes the data's shape."""
+    from trainer.core.augment import POLICIES, parse_policy
+    from trainer.data.registry import DATASETS
+    from trainer.nets.models import PRESETS
+
     for name in parse_policy(cfg.data.augment):
         if name not in POLICIES:
             raise TrainerError(
@@ -228,6 +236,8 @@ def data(cfg: Config) -> None:
 
 def compile_options(cfg: Config) -> None:
     """speed.compile's scope under DeepSpeed."""
+    from trainer.accel import zero
+
     if cfg.speed.compile and cfg.speed.compile_scope == "loss" and zero.requested(cfg) is not None:
         raise TrainerError(
             "speed.compile=true compiles each whole loss, which under DeepSpeed traces into the engines' forward: "
@@ -269,6 +279,9 @@ def cuda_graph(cfg: Config) -> None:
 
 def deepspeed(cfg: Config) -> None:
     """What the network pair cannot do under ZeRO (train.deepspeed, or `accelerate launch --use_deepspeed`)."""
+    from trainer.accel import zero
+    from trainer.core.losses import LOSSES
+
     source = zero.requested(cfg)
     if source is None:
         return
@@ -342,6 +355,7 @@ def memory_estimate(cfg: Config) -> int:
     generator, and a critic batch of real, fake and interpolated samples. Built on the meta device: no memory."""
     import torch
 
+    from trainer.data.registry import DATASETS
     from trainer.nets.models import build_models
 
     spec = DATASETS[cfg.data.name]

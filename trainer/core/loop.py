@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -81,10 +82,15 @@ def run_loop(training: Training, run_dir: Path, stop: StopFlag) -> None:
     cfg, accelerator = training.cfg, training.accelerator
     metrics = MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process, training.step)
     fixed_z = torch.randn(cfg.log.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    # A terminal gets tqdm's bar; a log file (SLURM, nohup, CI) one plain line per log interval, no carriage returns.
+    plain = accelerator.is_main_process and not sys.stderr.isatty()
     bar = tqdm(
-        total=cfg.train.steps, initial=training.step, disable=not accelerator.is_main_process, dynamic_ncols=True
+        total=cfg.train.steps,
+        initial=training.step,
+        disable=not accelerator.is_main_process or plain,
+        dynamic_ncols=True,
     )
-    clock = (time.perf_counter(), training.step)
+    clock = started = (time.perf_counter(), training.step)
     try:  # the bar's line ends before any message, also when the run stops with an error
         while training.step < cfg.train.steps:
             training.timer.enabled = (training.step + 1) % cfg.log.every == 0 or training.step + 1 == cfg.train.steps
@@ -102,6 +108,8 @@ def run_loop(training: Training, run_dir: Path, stop: StopFlag) -> None:
                     loss_g=f"{record['loss_g']:.3f}",
                     img_s=f"{record['imgs_per_s']:.0f}",
                 )
+                if plain:
+                    print(progress_line(record, cfg.train.steps, started), flush=True)
             if (cfg.log.sample_every and step % cfg.log.sample_every == 0) or last:
                 save_samples(training, run_dir / "samples" / f"step-{step:08d}.png", fixed_z)
             signum = stop.agreed(accelerator)
@@ -112,6 +120,18 @@ def run_loop(training: Training, run_dir: Path, stop: StopFlag) -> None:
                 raise Preempted(signum, step)
     finally:
         bar.close()
+
+
+def progress_line(record: dict, steps: int, started: tuple[float, int]) -> str:
+    """One log interval as a plain line: step, losses, the Wasserstein estimate, throughput, time left."""
+    step, (t0, step0) = record["step"], started
+    rate = (step - step0) / max(time.perf_counter() - t0, 1e-9)
+    left = (steps - step) / max(rate, 1e-9)
+    w = f" wasserstein {record['wasserstein']:.4f}" if "wasserstein" in record else ""
+    return (
+        f"[wgan-gp] step {step}/{steps} ({step / steps:.0%}): loss_d {record['loss_d']:.4f} loss_g "
+        f"{record['loss_g']:.4f}{w}, {rate:.2f} it/s, {record['imgs_per_s']:.0f} img/s, {left / 60:.1f} min left"
+    )
 
 
 def maybe_evaluate(training: Training, step: int, last: bool) -> dict[str, float]:

@@ -79,10 +79,8 @@ def _nothing_to_resume(run_dir: Path) -> str:
     runs = [p.name for p in parent.iterdir() if p.is_dir() and (p / "checkpoints").is_dir()]
     close = difflib.get_close_matches(run_dir.name, runs, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(str(parent / c) for c in close)}?" if close else ""
-    return (
-        f"run.dir={run_dir} does not exist, so there is nothing to resume: starting a FRESH run there.{hint} "
-        f"(Stop now with Ctrl-C if you meant to continue another run.)"
-    )
+    stop = " (Stop now with Ctrl-C if you meant to continue another run.)" if sys.stdin.isatty() else ""  # a person
+    return f"run.dir={run_dir} does not exist, so there is nothing to resume: starting a FRESH run there.{hint}{stop}"
 
 
 def _choose(cfg: Config, run_dir: Path, main: bool) -> tuple[Optional[Path], Optional[dict]]:
