@@ -21,6 +21,7 @@ TINY = [
     "log.every=1",
     "log.sample_every=0",
     "checkpoint.every=0",
+    "eval.at_end=false",  # the end-of-run quality figure costs seconds per run: tests/test_first_hour.py checks it
 ]
 
 

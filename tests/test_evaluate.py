@@ -18,7 +18,7 @@ from conftest import TINY, ok, python_train, run_cmd
 from scipy import linalg
 
 from trainer import evaluate, fetch_weights
-from trainer.data.registry import load_digits_uint8
+from trainer.data.registry import DATASETS, load_digits_uint8
 from trainer.data.toys import eight_gaussians, twentyfive_gaussians
 from trainer.errors import TrainerError
 from trainer.metrics import feature_classifier, inception
@@ -142,7 +142,8 @@ def test_digits_classifier_trains_accurately_and_caches(digits_cache: tuple[Path
     again = feature_classifier.load_or_train("digits", "no-such-root", 8, str(cache))  # from the cache: no data read
     assert again.accuracy == ref.accuracy and torch.equal(again.real_mean, ref.real_mean)
     # The real images sit at distance ~0 from their own statistics; noise images far away.
-    real = feature_classifier.feature_moments(ref.model, load_digits_uint8()).mean_cov()
+    train = DATASETS["digits"].load("data", False)[0]  # the training split the reference was computed on
+    real = feature_classifier.feature_moments(ref.model, train).mean_cov()
     noise = feature_classifier.feature_moments(ref.model, torch.randint(0, 256, (500, 1, 8, 8), dtype=torch.uint8))
     assert frechet_distance(*real, ref.real_mean, ref.real_cov) < 1e-6
     assert frechet_distance(*noise.mean_cov(), ref.real_mean, ref.real_cov) > 1.0

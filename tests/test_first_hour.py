@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT, TINY, _env, python_train, read_metrics, run_cmd
 
@@ -147,3 +149,42 @@ def test_bench_contention_runs_both_wait_policies_quiet_and_loaded(tmp_path: Pat
     assert res["metrics_identical"] is True and set(res["ratio"]) == {"ACTIVE", "PASSIVE"}
     assert len(res["seconds"]) == 4 and all(v > 0 for v in res["seconds"].values())
     assert "ratio" in proc.stdout and "metrics identical across all 4 runs: True" in proc.stdout
+
+
+def test_a_run_ends_with_a_summary_its_curves_and_real_images_beside_its_own(run_dir: Path) -> None:
+    """The end of a digits run: the lines a person reads (wall time, it/s, the Wasserstein estimate, a classifier FD
+    beside the held-out digits' own, the files to open), summary.json's "run" with the same figures, curves.png
+    and the last grid beside real digits, each image at 64 px or more."""
+    from PIL import Image
+
+    keys = [a for a in TINY if not a.startswith("eval.at_end")]
+    proc = python_train(f"run.dir={run_dir}", "train.steps=6", *keys, "log.every=2", "log.num_samples=16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads((run_dir / "summary.json").read_text())["run"]
+    last = read_metrics(run_dir)[-1]
+    assert run["steps_trained"] == 6 and run["step"] == 6 and run["wasserstein"] == last["wasserstein"]
+    q = run["quality"]
+    assert q["metric"] == "fd_classifier" and q["num"] == 300 and 0 < q["baseline"] < q["value"]  # 6 steps: far off
+    assert q["ratio_to_baseline"] == pytest.approx(q["value"] / q["baseline"])
+    out = proc.stdout
+    assert "[wgan-gp] done: 6 steps in " in out and f"final Wasserstein estimate {last['wasserstein']:.4f}" in out
+    assert f"classifier FD {q['value']:.4g} on 300 samples; real digits against real: {q['baseline']:.4g}" in out
+    assert f"python -m trainer.sample {run_dir}" in out and str(run_dir / "curves.png") in out
+    with Image.open(run_dir / "curves.png") as curves:
+        assert curves.size[0] > 3 * curves.size[1]  # one panel per curve family, side by side
+    with Image.open(run_dir / "samples" / "final-vs-real.png") as pair:
+        assert pair.size[0] >= 2 * 4 * 64 and pair.size[1] >= 4 * 64  # 4x4 generated, 4x4 real, 64 px each
+    with Image.open(run_dir / "samples" / "step-00000006.png") as grid:
+        assert grid.size[1] >= 4 * 64
+
+
+def test_a_toy_run_ends_with_its_w1_beside_the_real_floor(run_dir: Path) -> None:
+    toy = ["data.name=8gaussians", "model.name=toy", "model.z_dim=2", "model.width=16", "train.batch_size=32"]
+    keys = [a for a in TINY if not a.startswith("eval.at_end")]
+    proc = python_train(f"run.dir={run_dir}", "train.steps=3", *keys, *toy)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    q = json.loads((run_dir / "summary.json").read_text())["run"]["quality"]
+    from trainer.metrics.toy import real_w1
+
+    assert q["metric"] == "w1" and q["num"] == 2000 and q["baseline"] == pytest.approx(real_w1("8gaussians", 2000, 1))
+    assert q["value"] > q["baseline"] and "modes_covered" in q and "W1 to real points" in proc.stdout

@@ -34,7 +34,7 @@ def test_offline_default_leaves_grid_metrics_checkpoint(run_dir: Path) -> None:
     )
     grid = Image.open(run_dir / "samples" / "step-00000006.png")
     # 64 digits of 8x8 shown at 32x32 in an 8x8 grid with torchvision's 2-pixel padding.
-    assert grid.size == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2)
+    assert grid.size == (8 * 64 + 9 * 2, 8 * 64 + 9 * 2)  # 8x8 digits shown at 64 px
     assert (run_dir / "samples" / "step-00000003.png").is_file()
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == [3, 6]
@@ -63,7 +63,7 @@ def test_sample_cli_writes_npy_and_png(run_dir: Path, tmp_path: Path) -> None:
     assert samples.shape == (37, 1, 8, 8) and samples.dtype == np.float32
     assert samples.min() >= -1 and samples.max() <= 1
     ok(run_cmd([sys.executable, "-m", "trainer.sample", str(run_dir), "--num", "16", "--out", str(tmp_path / "s.png")]))
-    assert Image.open(tmp_path / "s.png").size == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2)
+    assert Image.open(tmp_path / "s.png").size == (4 * 64 + 5 * 2, 4 * 64 + 5 * 2)
     missing = run_cmd([sys.executable, "-m", "trainer.sample", str(tmp_path / "nothing"), "--out", str(out)])
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
 

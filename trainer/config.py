@@ -112,6 +112,7 @@ class EvalConfig:
     num: int = 2000  # generated samples per evaluation, split across processes (toys: W1 on the first 2,000)
     inception_weights: Optional[str] = None  # Inception .pth for FID/KID/IS; None = the torch hub cache
     cache_dir: Optional[str] = None  # classifiers, real-data statistics; None = $WGAN_GP_CACHE or ~/.cache/wgan-gp
+    at_end: bool = True  # an offline quality figure beside its real-vs-real baseline at the end (toys, digits, mnist5k)
 
 
 @dataclass

@@ -122,6 +122,7 @@ def provenance(ckpt: Path, state: dict, ema_decay: float, eval_num: int) -> dict
     at_step = {k: v for r in lines if r.get("step") == step for k, v in r.items() if k.startswith("eval_")}
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = {k: v for k, v in summary.items() if k.startswith("eval_")}  # "run" holds the end-of-run figures
     ranks = [entry.get("generator", "") if isinstance(entry, dict) else "" for entry in state.get("fingerprints", [])]
     return {
         "run": run_dir.name,

@@ -19,15 +19,16 @@ from trainer.core.build import Training, batches_from_config, build
 from trainer.core.gate import environment
 from trainer.core.step import iteration
 from trainer.data.toys import TOYS
+from trainer.errors import TrainerError
 from trainer.metrics.diagnostics import held_out_gap, layer_gradients, share_above_one
 from trainer.nets.layers import class_rows
 from trainer.nets.models import parameter_count
-from trainer.run import checkpoint
+from trainer.run import checkpoint, report
 from trainer.run.folder import claim, nothing_to_train, release, write_config
 from trainer.run.pictures import save_grid, save_toy_plot
 from trainer.run.signals import Preempted, StopFlag
 from trainer.run.stats import MetricsFile
-from trainer.run.tracking import log_checkpoint, log_image, start_tracking, write_summary
+from trainer.run.tracking import log_checkpoint, log_image, read_records, start_tracking, write_summary
 
 
 def train(cfg: Config) -> Path:
@@ -51,9 +52,11 @@ def train(cfg: Config) -> Path:
             training.load_state_dict(record)
         write_config(cfg, accelerator, run_dir, training.plan.comment())
     announce(training, run_dir, resume_from)
+    started = (time.perf_counter(), training.step)
     try:
         run_loop(training, run_dir, stop)
         write_summary(accelerator, run_dir)
+        finish(training, run_dir, started)
     finally:
         accelerator.end_training()
         release(run_dir)
@@ -193,6 +196,50 @@ def save_checkpoint(training: Training, run_dir: Path, step: int) -> None:
     checkpoint.require_finite({"generator": training.parts.generator, "critic": training.parts.critic}, step, run_dir)
     final = checkpoint.save(training.accelerator, run_dir, training.state_dict(), training.cfg.checkpoint.keep)
     log_checkpoint(training.accelerator, training.cfg, final, step, run_dir)  # W&B artifacts (log.artifacts)
+
+
+def finish(training: Training, run_dir: Path, started: tuple[float, int]) -> None:
+    """The end of a run: the quality figure (all processes), then on the main process curves.png, the last grid
+    beside real images, summary.json's "run" and the lines that say where everything is."""
+    cfg, accelerator = training.cfg, training.accelerator
+    seconds, steps = time.perf_counter() - started[0], training.step - started[1]
+    score = None
+    if cfg.eval.at_end:
+        try:
+            score = report.quality(training.sampler, cfg, accelerator.device)
+        except (TrainerError, OSError, RuntimeError, ValueError) as err:  # the run is complete and saved
+            if accelerator.is_main_process:
+                print(
+                    f"[wgan-gp] warning: no quality figure at the end ({err}); eval.at_end=false skips it", flush=True
+                )
+    if not accelerator.is_main_process:
+        return
+    records = read_records(run_dir)
+    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    real = report.real_images(cfg.data.name, cfg.data.root, cfg.data.image_size, cfg.log.num_samples)
+    with torch.no_grad():
+        fixed_z = torch.randn(cfg.log.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        labels = class_rows(fixed_z.shape[0], training.num_classes) if training.num_classes else None
+        fake = draw_samples(training, fixed_z, labels)
+    files = {
+        "last_grid": grids[-1] if grids else None,
+        "beside_real": report.beside_real(fake, real, run_dir / "samples" / report.BESIDE_REAL),
+        "curves": report.plot_curves(records, run_dir / report.CURVES, f"{cfg.data.name}, {cfg.model.name}"),
+        "checkpoint": (checkpoint.list_checkpoints(run_dir) or [None])[-1],
+    }
+    s = report.summary(run_dir, records, seconds, steps, files, score)
+    report.write_run_summary(run_dir, s)
+    print("\n".join(report.lines(run_dir, s, cfg.data.name)), flush=True)
+
+
+def draw_samples(training: Training, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """The sampler's images of z (eval mode, restored), on the host."""
+    device, net = training.accelerator.device, training.sampler
+    was_training = net.training
+    net.eval()
+    fake = net(z.to(device), None if labels is None else labels.to(device)).float().cpu()
+    net.train(was_training)
+    return fake
 
 
 def announce(training: Training, run_dir: Path, resume_from: Optional[Path]) -> None:

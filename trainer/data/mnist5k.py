@@ -41,8 +41,9 @@ def read_all() -> tuple[Tensor, Tensor]:
     return images, torch.from_numpy(table[:, -1])
 
 
-def split_indices(labels: Tensor, split: str) -> Tensor:
-    """Row indices of `split`: per class a fixed permutation (seed 0); its first 100 rows are held out.
+def split_indices(labels: Tensor, split: str, held_out_per_class: int = HELD_OUT_PER_CLASS) -> Tensor:
+    """Row indices of `split`: per class a fixed permutation (seed 0); its first `held_out_per_class` rows are held
+    out (mnist5k: 100 of 500; the 8x8 digits: 30 of about 180).
 
     Held out and training rows are then put in one fixed shuffled order, so neither is sorted by class.
     """
@@ -50,11 +51,11 @@ def split_indices(labels: Tensor, split: str) -> Tensor:
         raise ValueError(f"split {split!r}: one of {SPLITS}")
     rng = torch.Generator().manual_seed(SPLIT_SEED)
     held, train = [], []
-    for digit in range(10):
+    for digit in range(int(labels.max()) + 1):
         rows = torch.nonzero(labels == digit).flatten()
         rows = rows[torch.randperm(rows.numel(), generator=rng)]
-        held.append(rows[:HELD_OUT_PER_CLASS])
-        train.append(rows[HELD_OUT_PER_CLASS:])
+        held.append(rows[:held_out_per_class])
+        train.append(rows[held_out_per_class:])
     chosen = torch.cat(held if split == "held-out" else train)
     return chosen[torch.randperm(chosen.numel(), generator=rng)]
 

@@ -24,7 +24,7 @@ from trainer.data.files import (
     resize_uint8,
     torchvision_dataset,
 )
-from trainer.data.mnist5k import load_mnist5k
+from trainer.data.mnist5k import load_mnist5k, split_indices
 from trainer.data.toys import TOYS
 from trainer.errors import TrainerError
 
@@ -40,6 +40,17 @@ def load_digits_labelled() -> tuple[Tensor, Tensor]:
     digits = load_digits()
     images = torch.from_numpy(digits.images).float()
     return (images * (255 / 16)).round().to(torch.uint8).unsqueeze(1), torch.from_numpy(digits.target).long()
+
+
+DIGITS_HELD_OUT_PER_CLASS = 30  # 300 of the 1,797 digits held out (stratified, fixed): the real-vs-real baseline
+
+
+def load_digits_split(split: str) -> tuple[Tensor, Tensor]:
+    """The 8x8 digits' fixed stratified split: "train" (1,497 images, what data.name=digits trains on) or
+    "held-out" (300, 30 per class, never trained on), as trainer.data.mnist5k splits its digits."""
+    images, labels = load_digits_labelled()
+    rows = split_indices(labels, split, DIGITS_HELD_OUT_PER_CLASS)
+    return images[rows].contiguous(), labels[rows]
 
 
 def load_torchvision_uint8(name: str, root: str, download: bool) -> Tensor:
@@ -88,8 +99,13 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     **{name: DatasetSpec(True, 0, metrics="toy") for name in TOYS},
-    "digits": DatasetSpec(
-        False, 1, lambda root, download: load_digits_labelled(), num_classes=10, metrics="classifier"
+    "digits": DatasetSpec(  # scikit-learn's bundled 8x8 digits, with a fixed held-out split
+        False,
+        1,
+        lambda root, download: load_digits_split("train"),
+        num_classes=10,
+        metrics="classifier",
+        held_out=lambda: load_digits_split("held-out"),
     ),
     "mnist": DatasetSpec(
         False, 1, lambda r, d: load_torchvision_labelled("mnist", r, d), num_classes=10, metrics="classifier"

@@ -22,7 +22,7 @@ from trainer.metrics.moments import Moments
 
 # The datasets it scores: those whose registry entry asks for the classifier metrics.
 DATASETS = tuple(name for name, spec in registry.DATASETS.items() if spec.metrics == "classifier")
-VERSION = 2  # part of the cache file name: bump when the network, its training or the cached statistics change
+VERSION = 3  # part of the cache file name: bump when the network, its training or the cached statistics change
 MAX_REAL_FEATURES = 10_000  # real feature vectors kept for precision/recall and density/coverage
 FEATURES = 128
 CLASSES = 10  # the head's width when none is given; load_or_train sizes it by the dataset's spec (num_classes)

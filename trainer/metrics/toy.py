@@ -41,3 +41,13 @@ def mode_summary(counts: Tensor, total: int) -> dict[str, float]:
     """
     threshold = max(1.0, COVERED_SHARE * total / counts.numel())
     return {"modes_covered": float((counts >= threshold).sum()), "high_quality": float(counts.sum() / total)}
+
+
+def real_w1(dataset: str, num: int, reference_seed: int, draws: int = 5) -> float:
+    """The real-vs-real floor of w1_exact: independent real sets of `num` points (seeds 100, 101, ...) against the
+    scorer's own real set (seed `reference_seed`, as trainer.metrics.evaluate draws it), averaged over `draws`."""
+    from trainer.data.toys import TOYS
+
+    reference = TOYS[dataset](num, generator=torch.Generator().manual_seed(reference_seed))
+    sets = [TOYS[dataset](num, generator=torch.Generator().manual_seed(100 + k)) for k in range(draws)]
+    return sum(w1_exact(s, reference) for s in sets) / draws

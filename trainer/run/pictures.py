@@ -9,15 +9,21 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+MIN_SIDE = 64  # pixels per image in a saved grid: 8x8 digits at their own size say little
+
+
+def upscaled(images: Tensor) -> Tensor:
+    """Images blown up by a whole factor (nearest, so pixels stay pixels) to at least MIN_SIDE pixels a side."""
+    factor = math.ceil(MIN_SIDE / images.shape[-1])
+    return torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest") if factor > 1 else images
+
 
 def save_grid(images: Tensor, path: Path) -> None:
-    """Images in [-1, 1], shape (N, C, H, W), as one PNG grid (as square as N allows)."""
+    """Images in [-1, 1], shape (N, C, H, W), as one PNG grid (as square as N allows), each at MIN_SIDE px or more."""
     from torchvision.utils import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = images.float().cpu()
-    if images.shape[-1] < 32:  # tiny images (8x8 digits) are blown up so the grid is readable
-        images = torch.nn.functional.interpolate(images, scale_factor=32 // images.shape[-1], mode="nearest")
+    images = upscaled(images.float().cpu())
     nrow = max(1, int(math.sqrt(images.shape[0])))
     save_image(images, str(path), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
 
