@@ -6,6 +6,11 @@
 #   WGAN_GP_LAUNCH_CONFIG=launch/zero2-bf16.yaml sbatch --gres gpu:8 slurm/run.sh ... # DeepSpeed ZeRO-2, bf16
 #   sbatch --gres=none --cpus-per-task 2 --export=ALL,WGAN_GP_PROCS_PER_NODE=2 slurm/run.sh ...   # 2 CPU processes
 #
+# A cluster without GPUs refuses the --gres=gpu:1 default below ("sbatch: error: Invalid generic resource (gres)
+# specification"): add --gres=none (or export SBATCH_GRES=none before sbatch), and a --cpus-per-task the nodes have
+# (with the default 8 on smaller nodes the job stays PENDING with reason PartitionConfig):
+#   sbatch --gres=none --cpus-per-task 2 slurm/run.sh --config configs/digits.yaml       # 1 node, 1 CPU process
+#
 # Arguments are train.py's; `run.resume=latest` is appended, so a requeued (or resubmitted) job continues the newest
 # checkpoint of run.dir. The #SBATCH lines are defaults: the same option on the sbatch command line wins. No --time
 # here: the partition's limit applies, and the job requeues itself before it (see below), so a long run spans jobs.
@@ -22,6 +27,8 @@
 # progress (a newer checkpoint: a dead or hung rank, or USR1 sent to the step alone), the job is requeued as well,
 # at most WGAN_GP_MAX_REQUEUES times. SIGTERM (scancel, preemption by SLURM) also makes the trainer checkpoint within
 # SLURM's KillWait, but this script never requeues after it: SLURM requeues preempted jobs itself.
+# A requeued job waits about two minutes first (squeue: PD, reason BeginTime; SLURM's hold on a requeued job):
+# `scontrol update JobId=N StartTime=now` lets it start at once.
 #
 # Environment (set before sbatch, or with sbatch --export=ALL,NAME=value):
 #   slurm/env.sh             sourced first when it exists (modules, virtualenv; see slurm/env.sh.example);

@@ -4,7 +4,18 @@
 # own port (SLURM's multiple-slurmd mode), both on this machine's CPUs: one-node jobs are the usual case, two-node
 # jobs exercise slurm/run.sh's multi-node launch. Idempotent: a running cluster is left as it is.
 # Needs root (CI and the dev machines run as root). Usage: bash tests/slurm/setup_cluster.sh
+# Taking it down again (jobs cancelled, daemons stopped; packages and config stay):
+#   bash tests/slurm/setup_cluster.sh --down      (the same as bash tests/slurm/teardown_cluster.sh)
 set -euo pipefail
+
+case "${1:-}" in
+"") ;;
+--down) exec bash "$(dirname "$0")/teardown_cluster.sh" ;;
+*)
+    echo "usage: bash tests/slurm/setup_cluster.sh [--down]" >&2
+    exit 2
+    ;;
+esac
 
 conf_dir=/etc/slurm
 state_dir=/var/spool/slurm-ci
@@ -33,6 +44,7 @@ mkdir -p /run/munge /var/lib/munge /var/log/munge
 chown munge:munge /run/munge /var/lib/munge /var/log/munge
 if ! pgrep -u munge -x munged >/dev/null; then
     runuser -u munge -- /usr/sbin/munged
+    touch /run/munge/started-by-setup_cluster # teardown_cluster.sh stops only a munged this script started
 fi
 
 host=$(hostname -s)
