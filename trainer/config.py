@@ -59,6 +59,8 @@ class LossConfig:
     acgan_scale_g: float = 0.1  # weight of the generator's AC-GAN cross-entropy on its labels (conditional); 0 = off
     penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
     lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = always (paper)
+    gamma: Optional[float] = None  # zero-centred R1/R2's gamma (gan-r1, r3gan): gamma/2 E||grad||^2; None = paper's
+    gamma_final: Optional[float] = None  # gamma at train.steps, reached by a cosine decay (R3GAN); None = constant
 
 
 @dataclass

@@ -31,6 +31,8 @@ LOSSES = {
     "wgan-gp": [],
     "wgan-clip": ["loss.name=wgan-clip", "optim.betas=null"],  # RMSprop(5e-5), clip 0.01, n_critic 5
     "gan": ["loss.name=gan", "optim.betas=null", "train.n_critic=1"],  # Adam(2e-4, 0.5, 0.999), one D step per G step
+    "gan-r1": ["loss.name=gan-r1", "optim.betas=null", "train.n_critic=1"],  # + R1, gamma 10, Adam(1e-4, 0, 0.99)
+    "r3gan": ["loss.name=r3gan", "optim.betas=null", "train.n_critic=1"],  # RpGAN + R1 + R2, gamma 0.05, Adam(2e-4)
 }
 DIGITS_NUM = 1000  # generated digits per evaluation: as many as the held-out real digits of the baseline
 
@@ -56,7 +58,7 @@ def overrides(dataset: str, loss: str, seed: int, budget: Budget, run_dir: Path,
     steps = budget.toy_steps if toy else budget.digit_steps
     keys = [*LOSSES[loss], f"seed={seed}", f"train.steps={steps}", f"run.dir={run_dir}"]
     keys += [f"train.cpu_threads={threads}", "log.sample_every=0", "checkpoint.every=0", "checkpoint.keep=1"]
-    keys += [f"log.every={max(1, min(100, steps))}", "eval.every=0", "log.tracker=none"]
+    keys += [f"log.every={max(1, min(100, steps))}", "eval.every=0", "eval.at_end=false", "log.tracker=none"]
     return keys + ([f"model.width={budget.toy_width}"] if toy else [])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
@@ -25,7 +26,16 @@ from trainer.core.guard import NonFiniteGuard
 from trainer.core.inputs import Draws
 from trainer.core.losses import LOSSES, LossSpec, Objective, Penalty, acgan_critic_term, drift_term
 from trainer.core.schedule import lr_factor
-from trainer.core.step import StepParts, Update, critic_loss, generator_loss, iteration, joint_pass, two_passes
+from trainer.core.step import (
+    StepParts,
+    Update,
+    critic_loss,
+    generator_loss,
+    iteration,
+    joint_pass,
+    relativistic_generator_loss,
+    two_passes,
+)
 from trainer.data.registry import DATASETS, Batches, make_batches
 from trainer.nets.models import build_models
 from trainer.run.checkpoint import Snapshot
@@ -52,13 +62,18 @@ class Training:
     guard: NonFiniteGuard
     stats: Stats
     timer: PhaseTimer
-    penalty: Optional[Penalty]
+    penalties: list[Penalty]  # WGAN-GP's one, R1 (and R2), or none
     num_classes: int  # > 0: class-conditional (AC-GAN) training with this many classes
     graph: Optional[Callable] = None  # speed.cuda_graph: trainer.accel.cuda_graph.GraphedIteration
 
     @property
     def step(self) -> int:
         return self.parts.clock.step
+
+    @property
+    def penalty(self) -> Optional[Penalty]:
+        """The first penalty (WGAN-GP's, or R1), or None."""
+        return self.penalties[0] if self.penalties else None
 
     @property
     def sampler(self) -> nn.Module:
@@ -119,13 +134,14 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
     skipped = (lambda: accelerator.optimizer_step_was_skipped) if accelerator.scaler is not None else None
     guard = NonFiniteGuard(cfg.train.max_nonfinite, cfg.run.dir, skipped, clock)
     timer = PhaseTimer(accelerator.device)
-    penalty = make_penalty(cfg, spec, critic, timer, clock)
-    objective = make_objective(cfg, spec, penalty, num_classes)
+    penalties = make_penalties(cfg, spec, critic, timer, clock)
+    objective = make_objective(cfg, spec, penalties, num_classes)
     critic_raw = raw_module(critic)
     scores = joint_pass(critic) if plan.joint_forward else two_passes(critic, critic_raw)
-    loss_d, loss_g = critic_loss(scores, objective), generator_loss(generator, critic_raw, objective)
-    if plan.compile == "loss":  # each whole loss one compiled function, the penalty inside
-        loss_d, loss_g = compiled_losses(scores, objective, penalty, loss_g, plan.compile_backend)
+    generator_side = relativistic_generator_loss if spec.relativistic else generator_loss
+    loss_d, loss_g = critic_loss(scores, objective), generator_side(generator, critic_raw, objective)
+    if plan.compile == "loss":  # each whole loss one compiled function, the penalties inside
+        loss_d, loss_g = compiled_losses(scores, objective, penalties, loss_g, plan.compile_backend)
     critic_weights = {"inputs": [q for q in critic.parameters() if q.requires_grad]}  # none into x_hat
     backward_d = partial(accelerator.backward, **(critic_weights if plan.backward_params_only else {}))
     parts = StepParts(
@@ -148,6 +164,7 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
         z_dim=cfg.model.z_dim,
         num_classes=num_classes,
         device=accelerator.device,
+        paired_real=spec.relativistic,
     )
     training = Training(
         cfg=cfg,
@@ -162,7 +179,7 @@ def build(cfg: Config, accelerator: Accelerator, batches: Optional[Batches] = No
         guard=guard,
         stats=Stats(),
         timer=timer,
-        penalty=penalty,
+        penalties=penalties,
         num_classes=num_classes,
     )
     if plan.cuda_graph:
@@ -188,28 +205,41 @@ def batches_from_config(cfg: Config, device: torch.device, rank: int, world: int
     )  # fmt: skip
 
 
-def make_penalty(cfg: Config, spec: LossSpec, critic: nn.Module, timer: PhaseTimer, clock: Clock) -> Optional[Penalty]:
-    """The loss's gradient penalty in float32 (None for losses without one, or lambda 0)."""
-    if spec.penalty is None or not cfg.loss.gp_weight > 0:
-        return None
-    return Penalty(
+def make_penalties(cfg: Config, spec: LossSpec, critic: nn.Module, timer: PhaseTimer, clock: Clock) -> list[Penalty]:
+    """The loss's gradient penalties, each in float32: WGAN-GP's at the interpolates (none at lambda 0), or the
+    zero-centred R1 (on real) and R2 (on fake), gamma/2 E||grad D(x)||^2 each (none at gamma 0)."""
+    common = dict(
         forward=partial(fp32_forward, critic),
-        weight=cfg.loss.gp_weight,
         clock=clock,
-        one_sided=spec.penalty == "one-sided",
         every=cfg.loss.lazy_penalty,
         fraction=cfg.loss.penalty_fraction,
         around=timer.around("penalty"),
     )
+    if spec.zero_centred:
+        gamma = cfg.loss.gamma if cfg.loss.gamma is not None else spec.gamma
+        if not gamma > 0:
+            return []
+        final = cfg.loss.gamma_final
+        schedule = None if final is None else partial(cosine_decay, final / gamma, cfg.train.steps)
+        sides = {"real": "r1", "fake": "r2"} if spec.penalty == "r1r2" else {"real": "r1"}
+        return [Penalty(weight=gamma / 2, at=at, centre=0.0, name=name, schedule=schedule, **common)
+                for at, name in sides.items()]  # fmt: skip
+    if spec.penalty is None or not cfg.loss.gp_weight > 0:
+        return []
+    return [Penalty(weight=cfg.loss.gp_weight, one_sided=spec.penalty == "one-sided", **common)]
 
 
-def make_objective(cfg: Config, spec: LossSpec, penalty: Optional[Penalty], num_classes: int) -> Objective:
-    """The loss's own terms, then (in this order) AC-GAN's class term, the penalty and the drift term."""
+def cosine_decay(final_ratio: float, steps: int, step: int) -> float:
+    """1 at step 0, `final_ratio` at `steps`, along half a cosine (R3GAN's schedule shape for gamma)."""
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def make_objective(cfg: Config, spec: LossSpec, penalties: list[Penalty], num_classes: int) -> Objective:
+    """The loss's own terms, then (in this order) AC-GAN's class term, the penalties and the drift term."""
     terms: list = []
     if num_classes:
         terms.append(acgan_critic_term(cfg.loss.acgan_scale))
-    if penalty is not None:
-        terms.append(penalty)
+    terms.extend(penalties)
     if cfg.loss.drift > 0:
         terms.append(drift_term(cfg.loss.drift))
     return Objective(

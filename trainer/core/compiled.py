@@ -10,7 +10,7 @@ without it), so no step recompiles.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -26,27 +26,30 @@ def compiled(loss: Callable, backend: str) -> Callable:
 
 
 class CompiledCriticLoss:
-    """`critic_loss(scores, objective)` compiled twice, lazily: with the penalty term (its input gradient by
-    torch.func, no phase timer inside the graph) and without it, for the lazy penalty's steps that do not pay."""
+    """`critic_loss(scores, objective)` compiled twice, lazily: with the penalty terms (their input gradients by
+    torch.func, no phase timer inside the graph) and without them, for the lazy penalty's steps that do not pay (all
+    of a loss's penalties share one schedule: loss.lazy_penalty)."""
 
     def __init__(
         self,
         scores: Callable,
         objective: Objective,
-        penalty: Optional[Penalty],
+        penalties: Penalty | Sequence[Penalty] | None,
         backend: str,
     ) -> None:
-        self.penalty = penalty
-        traced = None if penalty is None else penalty.traceable()
-        paying = [traced.term if term is penalty else term for term in objective.critic_terms]
-        skipping = [term for term in objective.critic_terms if term is not penalty]
+        if isinstance(penalties, Penalty):
+            penalties = [penalties]
+        self.penalties = list(penalties or [])
+        traced = {id(p): p.traceable().term for p in self.penalties}
+        paying = [traced.get(id(term), term) for term in objective.critic_terms]
+        skipping = [term for term in objective.critic_terms if id(term) not in traced]
         self.losses = {  # each is traced at its first call (never, if it never runs)
             due: compiled(critic_loss(scores, objective.with_terms(terms)), backend)
             for due, terms in ((True, paying), (False, skipping))
         }
 
     def __call__(self, real: Tensor, fake: Tensor, labels: Optional[Tensor], eps: Tensor) -> tuple[Tensor, Stats]:
-        due = self.penalty is not None and self.penalty.due()
+        due = bool(self.penalties) and self.penalties[0].due()
         return self.losses[due](real, fake, labels, eps)
 
 
@@ -58,17 +61,17 @@ class CompiledGeneratorLoss:
         self.loss = compiled(loss, backend)
         self.eager: dict[Augment, Augment] = {identity: identity}
 
-    def __call__(self, z: Tensor, labels: Optional[Tensor], augment: Augment) -> Tensor:
+    def __call__(self, z: Tensor, labels: Optional[Tensor], augment: Augment, *real: Tensor) -> Tensor:
         if augment not in self.eager:
             self.eager[augment] = torch.compiler.disable(augment)
-        return self.loss(z, labels, self.eager[augment])
+        return self.loss(z, labels, self.eager[augment], *real)
 
 
 def compiled_losses(
     scores: Callable,
     objective: Objective,
-    penalty: Optional[Penalty],
+    penalties: Sequence[Penalty],
     generator_loss: GeneratorLoss,
     backend: str,
 ) -> tuple[CriticLoss, GeneratorLoss]:
-    return CompiledCriticLoss(scores, objective, penalty, backend), CompiledGeneratorLoss(generator_loss, backend)
+    return CompiledCriticLoss(scores, objective, penalties, backend), CompiledGeneratorLoss(generator_loss, backend)

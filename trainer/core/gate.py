@@ -172,6 +172,12 @@ def names(cfg: Config) -> None:
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
 
 
+def relativistic(cfg: Config) -> bool:
+    from trainer.core.losses import LOSSES
+
+    return LOSSES[cfg.loss.name].relativistic
+
+
 def optimizer(cfg: Config) -> str:
     """The optimizer the run uses: optim.name, else the loss's paper default."""
     from trainer.core.losses import LOSSES
@@ -180,7 +186,35 @@ def optimizer(cfg: Config) -> str:
 
 
 def losses(cfg: Config) -> None:
-    """What the loss's optimizer and constraint allow."""
+    """What the loss's optimizer, penalty and pairing allow."""
+    from trainer.core.losses import LOSSES
+
+    spec, loss = LOSSES[cfg.loss.name], cfg.loss
+    for key, value in (("loss.gamma", loss.gamma), ("loss.gamma_final", loss.gamma_final)):
+        if value is not None and not spec.zero_centred:
+            zero_centred = ", ".join(n for n, s in LOSSES.items() if s.zero_centred)
+            raise TrainerError(
+                f"{key}={value} sets the zero-centred penalties' gamma, but loss.name={cfg.loss.name} has none "
+                f"({zero_centred} do). Drop {key}, or use loss.gp_weight for the WGAN-GP penalty's lambda."
+            )
+        if value is not None and value < 0:
+            raise TrainerError(f"{key}={value} is impossible: it must be 0 or more (R3GAN uses 0.05 on CIFAR-10).")
+    if spec.relativistic and cfg.train.batch_size_g not in (0, cfg.train.batch_size):
+        raise TrainerError(
+            f"loss.name={cfg.loss.name} pairs every fake with a real sample, so the generator's batch is the critic's: "
+            f"train.batch_size_g={cfg.train.batch_size_g} differs from train.batch_size={cfg.train.batch_size}. "
+            f"Set train.batch_size_g=0."
+        )
+    if spec.relativistic and cfg.model.conditional:
+        raise TrainerError(
+            f"loss.name={cfg.loss.name} with model.conditional=true is not supported yet (the paired real batch's "
+            f"labels and the AC-GAN head are not combined). Drop model.conditional, or use loss.name=gan-r1."
+        )
+    if loss.gamma_final is not None and cfg.speed.compile and cfg.speed.compile_scope == "loss":
+        raise TrainerError(
+            "loss.gamma_final changes gamma every step, which a compiled loss holds as a constant (it would recompile "
+            "every step). Drop speed.compile, use speed.compile_scope=modules, or keep gamma constant."
+        )
     if cfg.speed.fused_adam is True and optimizer(cfg) != "adam":
         raise TrainerError(
             f"speed.fused_adam=true selects Adam's kernel, but the optimizer is {optimizer(cfg)}. "
@@ -266,6 +300,11 @@ def cuda_graph(cfg: Config) -> None:
             "speed.compile_backend=inductor",
         ),
         (t.deepspeed is not None, "train.deepspeed (DeepSpeed's engines are not captured)", "DDP or one GPU"),
+        (
+            relativistic(cfg),
+            f"loss.name={cfg.loss.name} (its generator step's paired real batch is not among the graph's inputs)",
+            "loss.name=gan-r1",
+        ),
         (
             optimizer(cfg) != "adam",
             f"optim.name={optimizer(cfg)} (the graph needs Adam's fused kernel)",

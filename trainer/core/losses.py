@@ -45,8 +45,12 @@ def gradient_penalty(
     eps: Optional[Tensor] = None,
     one_sided: bool = False,
     gradient: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor] = input_gradient,
+    at: str = "interpolates",
+    centre: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """E[(||grad_x D(x_hat)||_2 - 1)^2] (one-sided: only norms above 1 pay), and the per-sample norms (detached).
+    """E[(||grad_x D(x)||_2 - centre)^2] (one-sided: only norms above the centre pay), and the per-sample norms
+    (detached). x is the interpolates x_hat (WGAN-GP: centre 1), or the real or the fake batch itself (`at`; the
+    zero-centred R1 and R2 of Mescheder et al. 2018: centre 0, so the value is E||grad D(x)||^2).
 
     All of it (interpolation, forward, input gradient, norm) runs in float32 with autocast off, also when the caller
     wraps the step in its own autocast; pass an fp32 forward (trainer.accel.runtime.fp32_forward) for a prepared
@@ -56,12 +60,16 @@ def gradient_penalty(
     """
     with torch.autocast(device_type=real.device.type, enabled=False):
         real, fake = real.detach().float(), fake.detach().float()
-        if eps is None:
-            eps = torch.rand(real.shape[0], device=real.device)
+        if at == "interpolates":
+            if eps is None:
+                eps = torch.rand(real.shape[0], device=real.device)
+            x = interpolate(real, fake, eps)
+        else:
+            x = real if at == "real" else fake
         # Samples do not interact in a critic without batch statistics, so d(sum)/dx_i = dD(x_i)/dx_i.
-        grad = gradient(critic, interpolate(real, fake, eps))
+        grad = gradient(critic, x)
         norm = torch.sqrt(grad.flatten(1).pow(2).sum(dim=1) + SQRT_EPS)
-        gap = norm - 1
+        gap = norm - centre
         if one_sided:
             gap = gap.clamp(min=0)
         return gap.pow(2).mean(), norm.detach()
@@ -84,6 +92,21 @@ def nonsaturating_critic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
 def nonsaturating_generator_loss(d_fake: Tensor) -> Tensor:
     """-log sigmoid(D(G(z))): the non-saturating generator loss of Goodfellow et al. (DCGAN baseline)."""
     return F.softplus(-d_fake).mean()
+
+
+def relativistic_critic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """RpGAN (Jolicoeur-Martineau 2019; R3GAN, Huang et al. 2024): E[softplus(D(fake) - D(real))] on paired samples."""
+    return F.softplus(d_fake - d_real).mean()
+
+
+def relativistic_generator_loss(d_fake: Tensor, d_real: Tensor) -> Tensor:
+    """RpGAN's generator side: E[softplus(D(real) - D(fake))] on a real batch paired with the fakes."""
+    return F.softplus(d_real - d_fake).mean()
+
+
+def hinge_critic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """The hinge loss (Lim & Ye 2017; SNGAN, SAGAN): E[relu(1 - D(real))] + E[relu(1 + D(fake))]."""
+    return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
 
 
 @torch.no_grad()
@@ -111,12 +134,18 @@ def class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class LossSpec:
     critic: Callable[[Tensor, Tensor], Tensor]
-    generator: Callable[[Tensor], Tensor]
-    penalty: Optional[str]  # None, "two-sided" or "one-sided"
+    generator: Callable[..., Tensor]  # (d_fake) -> loss; relativistic losses: (d_fake, d_real)
+    penalty: Optional[str]  # None, "two-sided", "one-sided" (at x_hat, centre 1), "r1", "r1r2" (zero-centred)
     clip: bool  # weight clipping after every critic step
     optimizer: str  # paper default optimizer for this loss
     lr: float  # paper default learning rate (critic and generator)
     betas: tuple[float, float]  # paper default Adam betas
+    relativistic: bool = False  # the generator step pairs its fakes with a real batch (RpGAN)
+    gamma: float = 0.0  # paper default gamma of the zero-centred penalties (loss.gamma); 0 = no such penalty
+
+    @property
+    def zero_centred(self) -> bool:
+        return self.penalty in ("r1", "r1r2")
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -132,6 +161,26 @@ LOSSES: dict[str, LossSpec] = {
     "wgan-clip": LossSpec(wasserstein_critic_loss, wasserstein_generator_loss, None, True, "rmsprop", 5e-5, (0.0, 0.9)),
     # Radford et al. 2016 (DCGAN) with the non-saturating loss: Adam 2e-4, beta1 0.5.
     "gan": LossSpec(nonsaturating_critic_loss, nonsaturating_generator_loss, None, False, "adam", 2e-4, (0.5, 0.999)),
+    # Mescheder et al. 2018: the non-saturating loss with R1 (gamma/2 E||grad D(real)||^2), gamma 10, Adam 1e-4
+    # with betas (0, 0.99) as their code's; StyleGAN2's lazy form by loss.lazy_penalty (the weight scaled by it).
+    "gan-r1": LossSpec(
+        nonsaturating_critic_loss, nonsaturating_generator_loss, "r1", False, "adam", 1e-4, (0.0, 0.99), gamma=10.0
+    ),
+    # Huang et al. 2024 (R3GAN): RpGAN + R1 + R2, Adam 2e-4 with betas (0, 0.99), gamma 0.05 (their CIFAR-10 value;
+    # loss.gamma_final decays it by a cosine over train.steps, as their schedule does).
+    "r3gan": LossSpec(
+        relativistic_critic_loss,
+        relativistic_generator_loss,
+        "r1r2",
+        False,
+        "adam",
+        2e-4,
+        (0.0, 0.99),
+        relativistic=True,
+        gamma=0.05,
+    ),  # fmt: skip
+    # Lim & Ye 2017, Miyato et al. 2018 (SNGAN): the hinge loss with Adam 2e-4, betas (0, 0.9); no penalty.
+    "hinge": LossSpec(hinge_critic_loss, wasserstein_generator_loss, None, False, "adam", 2e-4, (0.0, 0.9)),
 }
 
 
@@ -170,6 +219,10 @@ class Penalty:
     fraction: float = 1.0
     around: Callable[[], ContextManager] = nullcontext  # e.g. a phase timer around the penalty's own work
     gradient: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor] = input_gradient  # see gradient_penalty
+    at: str = "interpolates"  # interpolates (WGAN-GP) | real (R1) | fake (R2)
+    centre: float = 1.0  # the gradient norm it pulls towards: 1 (WGAN-GP), 0 (R1, R2)
+    name: str = "penalty"  # its statistic (penalty, r1, r2); its norms are grad_norm, grad_norm_real, grad_norm_fake
+    schedule: Optional[Callable[[int], float]] = None  # a factor on the weight by generator step (R3GAN's decay)
 
     def __call__(self, b: CriticBatch) -> tuple[Optional[Tensor], Stats]:
         return self.term(b) if self.due() else (None, {})
@@ -184,9 +237,11 @@ class Penalty:
         with self.around():
             real, fake, eps = b.real[:rows], b.fake[:rows], b.eps[:rows]
             penalty, norms = gradient_penalty(
-                self.forward, real, fake, eps, one_sided=self.one_sided, gradient=self.gradient
+                self.forward, real, fake, eps, self.one_sided, self.gradient, self.at, self.centre
             )
-        return self.weight * self.every * penalty, {"penalty": penalty, "grad_norm": norms}
+        weight = self.weight * self.every * (self.schedule(self.clock.step) if self.schedule else 1.0)
+        norm_name = "grad_norm" if self.at == "interpolates" else f"grad_norm_{self.at}"
+        return weight * penalty, {self.name: penalty, norm_name: norms}
 
     def traceable(self) -> Penalty:
         """The same penalty for torch.compile: its input gradient by torch.func (a first-order graph that aot_autograd
@@ -227,8 +282,11 @@ class Objective:
             stats.update(reported)
         return loss, stats
 
-    def generator_loss(self, d_fake: Tensor, logits: Optional[Tensor], labels: Optional[Tensor]) -> Tensor:
-        loss = self.spec.generator(d_fake)
+    def generator_loss(
+        self, d_fake: Tensor, logits: Optional[Tensor], labels: Optional[Tensor], *d_real: Tensor
+    ) -> Tensor:
+        """The loss's generator term (a relativistic one also takes the paired real scores), then AC-GAN's."""
+        loss = self.spec.generator(d_fake, *d_real)
         if self.acgan_scale_g is not None:
             assert logits is not None and labels is not None
             loss = loss + self.acgan_scale_g * acgan_generator_loss(logits, labels)

@@ -22,7 +22,7 @@ from trainer.core.losses import CriticBatch, Objective, Stats
 Scores = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]  # D(real), D(fake) in float32, their class logits
 Augment = Callable[[Tensor], Tensor]
 CriticLoss = Callable[[Tensor, Tensor, Optional[Tensor], Tensor], tuple[Tensor, Stats]]  # (real, fake, labels, eps)
-GeneratorLoss = Callable[[Tensor, Optional[Tensor], Augment], Tensor]  # (z, labels, augment)
+GeneratorLoss = Callable[..., Tensor]  # (z, labels, augment), relativistic: (z, labels, augment, real)
 
 
 @dataclass
@@ -76,10 +76,11 @@ def critic_step(parts: StepParts, real: Tensor, labels: Optional[Tensor], z: Ten
     return {**stats, "loss_d": loss}
 
 
-def generator_step(parts: StepParts, z: Tensor, labels: Optional[Tensor]) -> Stats:
-    """Algorithm 1, lines 11-12: one generator update through the critic, whose weights take no gradient."""
+def generator_step(parts: StepParts, z: Tensor, labels: Optional[Tensor], *real: Tensor) -> Stats:
+    """Algorithm 1, lines 11-12: one generator update through the critic, whose weights take no gradient. A
+    relativistic loss's draws add the real batch its fakes are paired with."""
     with frozen(parts.critic):
-        loss = parts.generator_loss(z, labels, parts.augment)  # -E[D(G(z))], G(z) augmented as the critic's inputs
+        loss = parts.generator_loss(z, labels, parts.augment, *real)  # -E[D(G(z))], G(z) augmented as D's inputs
         parts.update_generator(loss)
     return {"loss_g": loss}
 
@@ -129,6 +130,17 @@ def generator_loss(generator: nn.Module, critic: nn.Module, objective: Objective
     def loss(z: Tensor, labels: Optional[Tensor], augment: Augment) -> Tensor:
         d_fake, logits = critic(augment(generator(z, labels)), with_classes=True)
         return objective.generator_loss(d_fake.float(), logits, labels)
+
+    return loss
+
+
+def relativistic_generator_loss(generator: nn.Module, critic: nn.Module, objective: Objective) -> GeneratorLoss:
+    """RpGAN's generator loss of a noise batch and its paired real batch: both through the (frozen) critic."""
+
+    def loss(z: Tensor, labels: Optional[Tensor], augment: Augment, real: Tensor) -> Tensor:
+        d_fake, logits = critic(augment(generator(z, labels)), with_classes=True)
+        d_real, _ = critic(augment(real.detach()), with_classes=True)
+        return objective.generator_loss(d_fake.float(), logits, labels, d_real.float())
 
     return loss
 
