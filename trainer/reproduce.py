@@ -118,9 +118,10 @@ def mean_std(values: list[float], digits: int) -> str:
 
 def tables(results: list[dict], base: Optional[dict], budget: Budget, name: str, seconds: float) -> str:
     """The markdown tables: mean ± standard deviation over the seeds (each seed's value in quality.json)."""
-    by = {}
+    by, seconds_of = {}, {}  # per (dataset, loss): each seed's metrics, each seed's training seconds
     for r in results:
         by.setdefault((r["dataset"], r["loss"]), []).append(r["metrics"])
+        seconds_of.setdefault((r["dataset"], r["loss"]), []).append(r["train_seconds"])
     seeds = ", ".join(map(str, budget.seeds))
     lines = [
         f"Budget `{name}`: toys {budget.toy_steps} generator steps (toy MLPs 3x{budget.toy_width}, batch 256), "
@@ -130,13 +131,16 @@ def tables(results: list[dict], base: Optional[dict], budget: Budget, name: str,
     ]
     toys = [d for d in TOYS if any(k[0] == d for k in by)]
     if toys:
-        lines += ["| data | loss | modes covered | high-quality share | W1 |", "|---|---|---|---|---|"]
+        lines += ["| data | loss | modes covered | high-quality share | W1 | train s |", "|---|---|---|---|---|---|"]
         for dataset in toys:
             for loss in LOSSES:
                 ms = by.get((dataset, loss), [])
                 modes = mean_std([m["modes_covered"] for m in ms], 1) if "modes_covered" in ms[0] else "-"
                 quality = mean_std([m["high_quality"] for m in ms], 3) if "high_quality" in ms[0] else "-"
-                lines.append(f"| {dataset} | {loss} | {modes} | {quality} | {mean_std([m['w1'] for m in ms], 3)} |")
+                secs = mean_std(seconds_of.get((dataset, loss), [0.0]), 0)
+                lines.append(
+                    f"| {dataset} | {loss} | {modes} | {quality} | {mean_std([m['w1'] for m in ms], 3)} | {secs} |"
+                )
         lines.append("")
     if ("mnist5k", "wgan-gp") in by:
         head = "| mnist5k | classifier FD | classes covered | precision | recall | density | coverage |"
