@@ -164,5 +164,16 @@ bench resnet32-graph-chlast 60 "${C10[@]}" speed.cuda_graph=true speed.channels_
 bench resnet32-fp32-graph 60 --config configs/cifar10-resnet.yaml --synthetic 10000 train.precision=no \
     speed.cuda_graph=true
 collect
+if fits quality 150; then
+    # The converged budget at GPU speed (trainer/converged.py): WGAN-GP on the 8 Gaussians and real digits until the
+    # targets hold, chunk by chunk, scored after each; stopped by the timeout it checkpoints and reports what finished.
+    echo "== quality: python -m trainer.reproduce --budget converged (8gaussians, mnist5k) on the GPU"
+    timeout 150 $PY -m trainer.reproduce --budget converged --datasets 8gaussians mnist5k --runs "$OUT/quality/runs" \
+        --out "$OUT/quality" --models "$OUT/quality/models" --cache-dir "$OUT/quality/cache" >"$OUT/quality.log" 2>&1
+    echo "exit $?"
+    tail -n 12 "$OUT/quality.log"
+    rm -rf "$OUT/quality/runs"/*/*/checkpoints "$OUT/quality/cache"
+    collect
+fi
 echo "== summary ($((SECONDS - START)) s)"
 $PY tests/gpu_summary.py "$OUT"

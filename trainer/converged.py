@@ -166,12 +166,37 @@ def ship(progress: dict, runs: Path, models: Path, out: Path) -> None:
         return  # shipped already
     if export.main([str(run_dir), "--out", str(models / f"{dataset}-{loss}")]) != 0:
         raise RuntimeError(f"exporting {run_dir} failed")
+    annotate(models / f"{dataset}-{loss}" / "README.md", progress)
     pictures = sorted((run_dir / "samples").glob("step-*.png"))
     for old in pictures[:-1]:
         old.unlink()
     if pictures:
         shutil.copyfile(pictures[-1], out / f"converged-{dataset}-{loss}.png")
     shutil.rmtree(run_dir / "checkpoints")
+
+
+def annotate(card: Path, progress: dict) -> None:
+    """The model card's section on the budget that trained it: target, steps, wall time, last figures, how to
+    score it again (appended once)."""
+    text = card.read_text()
+    if "## Converged budget" in text:
+        return
+    last, seconds = (
+        progress["chunks"][-1],
+        sum(c["seconds"] for c in progress["chunks"]) + progress["interrupted_seconds"],
+    )
+    met = {True: "met", False: "not met (step cap)", None: "a baseline at WGAN-GP's steps"}[progress.get("converged")]
+    figures = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in last["metrics"].items())
+    text += (
+        f"\n## Converged budget\n\n`python -m trainer.reproduce --budget converged` (trainer/converged.py): "
+        f"{progress['loss']} on {progress['dataset']}, seed 0, target *{progress['target']}*: {met} at generator step "
+        f"{last['step']:,} after {seconds / 60:.1f} min of training on one CPU thread (scored every "
+        f"{last['step'] // len(progress['chunks']):,} steps). Real-vs-real floor of the target's figure: "
+        f"{progress['floor']:.6g}.\n\n| metric (trainer.metrics.evaluate, seed 0) | value |\n|---|---|\n{figures}\n\n"
+        f"Score it again: `GANGenerator.from_pretrained(FOLDER).sample(N, seed=0)` draws the same noise as the "
+        f"scorer (`torch.randn(N, z_dim)` from `torch.Generator().manual_seed(0)`).\n"
+    )
+    card.write_text(text)
 
 
 def table(records: list[dict]) -> str:
