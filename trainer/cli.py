@@ -15,7 +15,7 @@ from typing import Optional
 # OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from trainer.errors import TrainerError  # noqa: E402 - after the OpenMP setting above
+from trainer.errors import EnvironmentVariableError, TrainerError  # noqa: E402 - after the OpenMP setting above
 from trainer.run.signals import EXIT_PREEMPTED, Preempted, install  # noqa: E402
 
 EXIT_USER_ERROR = 2
@@ -103,7 +103,11 @@ def lost_a_process(err: RuntimeError) -> bool:
 
 
 def report_error(err: TrainerError) -> None:
-    if os.environ.get("RANK", "0") == "0":  # one message per job, not one per process
+    """One message per job, not one per process: rank 0 speaks for a multi-process job (every rank reads the same
+    config and files); a process that is no part of such a job (a stale RANK in a plain shell) always speaks."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    alone = not world.isdigit() or int(world) <= 1
+    if alone or isinstance(err, EnvironmentVariableError) or os.environ.get("RANK", "0") == "0":
         print(f"error: {err}", file=sys.stderr, flush=True)
 
 

@@ -200,6 +200,12 @@ def load_config(config_file: Optional[str] = None, overrides: tuple[str, ...] = 
     cfg = OmegaConf.structured(Config)
     if config_file is not None:
         path = Path(config_file)
+        if path.is_dir():
+            raise TrainerError(
+                f"config file '{config_file}' is a folder, not a file. Give one YAML file in it, e.g. "
+                f"--config {path / 'digits.yaml' if (path / 'digits.yaml').is_file() else path / 'NAME.yaml'}; "
+                f"the shipped ones: {_config_choices()}."
+            )
         if not path.is_file():
             raise TrainerError(f"config file '{config_file}' does not exist. Pick one of: {_config_choices()}.")
         cfg = _merge_file(cfg, path)
@@ -236,8 +242,13 @@ def _merge_file(cfg: DictConfig, path: Path) -> DictConfig:
         problem = " ".join(str(err).split())[:300]
     except UnicodeDecodeError as err:
         problem = f"it is not UTF-8 text ({err.reason} at byte {err.start})"
-    except OSError as err:
-        problem = f"it cannot be read ({err.strerror})"
+    except OSError as err:  # OmegaConf says "Invalid loaded object type: int" for a file holding one scalar
+        kind = str(err).rsplit(": ", 1)[-1] if "Invalid loaded object type" in str(err) else ""
+        problem = (
+            f"it holds a single {kind} value, not a mapping of sections"
+            if kind
+            else (f"it cannot be read ({err.strerror or err})")
+        )
     raise TrainerError(
         f"config file '{path}' is not a valid config: {problem}. A config is a YAML mapping of sections, indented "
         f"with spaces, e.g. 'train:\\n  steps: 2000' (compare configs/digits.yaml)."

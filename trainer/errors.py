@@ -8,3 +8,8 @@ class TrainerError(Exception):
 def unwritable_out(out: object, err: OSError) -> TrainerError:
     """The refusal of an --out path the OS would not write (the commands that write files share it)."""
     return TrainerError(f"--out {out} cannot be written ({err.strerror or err}). Choose a writable path.")
+
+
+class EnvironmentVariableError(TrainerError):
+    """A malformed launcher variable (RANK, WORLD_SIZE, ...): the process may be no part of any job, so it speaks for
+    itself instead of leaving the message to a rank 0 that may not exist."""

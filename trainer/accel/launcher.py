@@ -7,8 +7,45 @@ from __future__ import annotations
 
 import os
 
-from trainer.config import COMPILE_BACKENDS, Config
-from trainer.errors import TrainerError
+from trainer.config import COMPILE_BACKENDS, PRECISIONS, Config
+from trainer.errors import EnvironmentVariableError, TrainerError
+
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb.init accepts as mode
+
+
+def environment_variables(cfg: Config) -> None:
+    """The variables torchrun, `accelerate launch` and W&B set (or a stale shell left behind), checked before they
+    are used: a malformed one is one message naming it and the fix, not a traceback from deep inside a library."""
+    counts = {name: os.environ.get(name) for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    for name, value in counts.items():
+        if value is not None and not (value.strip().isdigit()):
+            raise EnvironmentVariableError(
+                f"the environment variable {name}={value!r} is not a whole number. torchrun and accelerate launch set "
+                f"it for their workers; in a plain shell it is left over from something else: unset {name} (or start "
+                f"the job with torchrun / accelerate launch)."
+            )
+    world, rank = int(counts["WORLD_SIZE"] or 1), counts["RANK"]
+    if world < 1 or (rank is not None and int(rank) >= world):
+        raise EnvironmentVariableError(
+            f"the environment says RANK={rank} of WORLD_SIZE={world}, which is no process of such a job. A plain "
+            f"`python train.py` with a stale RANK or WORLD_SIZE in the shell: unset RANK WORLD_SIZE LOCAL_RANK, or "
+            f"launch with torchrun / accelerate launch, which set them."
+        )
+    port = os.environ.get("MASTER_PORT")
+    if port is not None and not (port.strip().isdigit() and 0 < int(port) < 65536):
+        raise EnvironmentVariableError(f"MASTER_PORT={port!r} is no TCP port (1-65535). Unset it, or give a free port.")
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if cfg.train.precision is None and precision is not None and precision not in PRECISIONS:
+        raise TrainerError(
+            f"ACCELERATE_MIXED_PRECISION={precision!r} (accelerate launch --mixed_precision) is not a precision: "
+            f"{', '.join(PRECISIONS)}. Fix the launcher's flag or config, or set train.precision."
+        )
+    mode = os.environ.get("WANDB_MODE")
+    if cfg.log.tracker == "wandb" and mode is not None and mode not in WANDB_MODES:
+        raise TrainerError(
+            f"WANDB_MODE={mode!r} is not a W&B mode ({', '.join(WANDB_MODES)}): W&B would refuse to start. Set "
+            f"WANDB_MODE=offline (no login or network needed), or unset it."
+        )
 
 
 def launcher_flags(cfg: Config) -> None:

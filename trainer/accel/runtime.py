@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import socket
+import time
 import warnings
 from datetime import timedelta
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -35,6 +39,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
         if not torch.cuda.is_available():
             init.backend = "gloo"
             deepspeed_support.use_plain_gloo()
+    elastic_process_group(elastic_backend(cpu, init.backend if plugins is not None else None), init.timeout)
     accelerator = Accelerator(
         mixed_precision=cfg.train.precision,
         cpu=cpu,
@@ -62,6 +67,78 @@ def make_accelerator(cfg: Config) -> Accelerator:
         if busy and accelerator.is_main_process:
             print(busy, flush=True)
     return accelerator
+
+
+ELASTIC_STORE_KEY = "wgan_gp/process_group_store"  # in torchrun's agent store: "PORT NONCE" of this launch's store
+
+
+def elastic_backend(cpu: bool, deepspeed_backend: Optional[str]) -> Optional[str]:
+    """The backend Accelerate would start (gloo on CPU, NCCL on CUDA), or None where it picks another (MPI, XPU...)."""
+    if cpu:
+        return None if torch.distributed.is_mpi_available() else "gloo"
+    if deepspeed_backend is not None:
+        return deepspeed_backend
+    return "nccl" if torch.cuda.is_available() else None
+
+
+def elastic_process_group(backend: Optional[str], timeout: timedelta) -> None:
+    """Starts the process group under torchrun on a store of this launch's own, so a restarted group can form.
+
+    torchrun's agent hosts one TCPStore for the whole job and exports it (TORCHELASTIC_USE_AGENT_STORE=True,
+    MASTER_ADDR:MASTER_PORT); torch's env:// rendezvous uses it as is, without a per-attempt prefix. After
+    `--max-restarts` restarts the workers, the keys the previous workers wrote (gloo's listening addresses, NCCL's
+    unique id) are still there under the same names, and a restarted rank that reads its peer's key before the peer
+    rewrites it connects to a dead process: `Gloo connectFullMesh failed ... Connection refused` (measured: 3 keys
+    left before the new group's first write). TORCHELASTIC_RESTART_COUNT cannot tell the attempts apart either: each
+    node's agent counts only its own failures. So rank 0 hosts a fresh TCPStore for each start and publishes its port
+    and a random nonce in the agent's store; the other ranks connect to it and check the nonce. A stale entry points
+    to a store that died with its process (connection refused) or carries an old nonce: read it again until rank 0
+    of this attempt has written its own. Outside torchrun's agent (python, srun, static env://) this does nothing.
+    """
+    if (
+        backend is None
+        or torch.distributed.is_initialized()
+        or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        or int(os.environ.get("WORLD_SIZE", "1")) < 2
+    ):
+        return
+    from torch.distributed import TCPStore
+
+    host, rank, world = os.environ["MASTER_ADDR"], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent = TCPStore(host, int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    if rank == 0:
+        store = TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        nonce = secrets.token_hex(16)
+        store.set("nonce", nonce)
+        agent.set(ELASTIC_STORE_KEY, f"{store.port} {nonce}")
+    else:
+        store = _join_launch_store(agent, host, timeout)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def _join_launch_store(agent, host: str, timeout: timedelta):
+    """The store rank 0 of this attempt published (see elastic_process_group); raises after `timeout`."""
+    from torch.distributed import TCPStore
+
+    deadline = time.monotonic() + timeout.total_seconds()
+    probe = min(5.0, timeout.total_seconds())
+    while True:
+        port, nonce = agent.get(ELASTIC_STORE_KEY).decode().split()  # waits for the first one to be written
+        try:
+            # A plain connect first: a store that died with its process refuses at once and silently, where
+            # TCPStore's client retries for its whole timeout and prints C++ stack traces.
+            socket.create_connection((host, int(port)), timeout=probe).close()
+            store = TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=probe))
+            if store.get("nonce").decode() == nonce:
+                return store
+        except (OSError, RuntimeError, ValueError):  # refused, or not this attempt's store (DistError: RuntimeError)
+            pass
+        if time.monotonic() > deadline:
+            raise torch.distributed.DistError(
+                f"Timed out: rank 0 did not publish this attempt's process-group store in {ELASTIC_STORE_KEY} on "
+                f"{host}:{os.environ.get('MASTER_PORT')} within {timeout.total_seconds():.0f} s"
+            )
+        time.sleep(0.2)
 
 
 def graph_handlers() -> list:

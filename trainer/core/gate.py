@@ -43,6 +43,12 @@ LIMITS = {  # upper bounds no real run reaches (memory-bound sizes are estimated
     "train.cpu_threads": 4096,
     "data.num_workers": 256,
     "train.timeout_s": 7 * 24 * 3600,
+    "model.width": 1 << 16,
+    "model.z_dim": 1 << 16,
+    "train.batch_size": 1 << 24,
+    "train.batch_size_g": 1 << 24,
+    "data.image_size": 1 << 14,
+    "eval.num": 10**8,
 }
 
 
@@ -53,8 +59,9 @@ def configure(config_file: Optional[str] = None, overrides: tuple[str, ...] = ()
     config keys first, so that the gate judges what will really run."""
     cfg = load_config(config_file, overrides)
     if launch:
-        from trainer.accel.launcher import launcher_flags
+        from trainer.accel.launcher import environment_variables, launcher_flags
 
+        environment_variables(cfg)
         launcher_flags(cfg)
     refuse(cfg)
     return cfg
@@ -348,7 +355,15 @@ def deepspeed_file(source: str, given: bool) -> None:
     if source.strip().isdigit() and (source in ("1", "2") or not given):
         config: dict = {"zero_optimization": {"stage": int(source)}}
     elif Path(source).is_file():
-        config = json.loads(Path(source).read_text())
+        try:
+            config = json.loads(Path(source).read_text())
+        except (ValueError, UnicodeDecodeError, OSError) as err:
+            raise TrainerError(
+                f"the DeepSpeed config {source} is not a JSON object ({' '.join(str(err).split())[:200]}). Fix the "
+                f"file, or give a ZeRO stage instead: train.deepspeed=2."
+            ) from None
+        if not isinstance(config, dict):
+            raise TrainerError(f"the DeepSpeed config {source} holds a {type(config).__name__}, not a JSON object.")
     else:
         raise TrainerError(f"train.deepspeed={source!r} is neither a ZeRO stage (1 or 2) nor a DeepSpeed JSON file.")
     stage = config.get("zero_optimization", {}).get("stage", 0)

@@ -1,0 +1,51 @@
+"""Round 3 of the bad-input matrix: the launchers' environment variables, absurd sizes, a DeepSpeed file that is
+not JSON, a --config that is a folder or a YAML scalar. Each through the real train.py: exit 2, the message naming
+the problem and the fix, no traceback, no run folder left behind, and before torch is imported where it can be."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cmd
+
+CASES = [  # (name, environment, arguments, words the message holds)
+    ("world-size-text", {"WORLD_SIZE": "abc"}, [], ["WORLD_SIZE='abc' is not a whole number", "unset WORLD_SIZE"]),
+    ("local-rank-text", {"LOCAL_RANK": "x"}, [], ["LOCAL_RANK='x'"]),
+    ("stale-rank", {"RANK": "1"}, [], ["RANK=1 of WORLD_SIZE=1", "unset RANK"]),
+    ("stale-rank-bad-key", {"RANK": "1"}, ["train.stepz=1"], ["unknown config key 'train.stepz'"]),  # not silent
+    ("rank-past-world", {"RANK": "3", "WORLD_SIZE": "2"}, [], ["RANK=3 of WORLD_SIZE=2"]),
+    ("master-port", {"MASTER_PORT": "99999"}, [], ["MASTER_PORT='99999' is no TCP port"]),
+    ("env-precision", {"ACCELERATE_MIXED_PRECISION": "fp64"}, [], ["ACCELERATE_MIXED_PRECISION='fp64'", "bf16"]),
+    ("wandb-mode", {"WANDB_MODE": "bogus"}, ["log.tracker=wandb"], ["WANDB_MODE='bogus' is not a W&B mode"]),
+    ("width-absurd", {}, ["model.width=1000000000000"], ["model.width=1000000000000 is beyond any sensible run"]),
+    ("z-absurd", {}, ["model.z_dim=99999999"], ["model.z_dim=99999999"]),
+    ("image-size-absurd", {}, ["data.image_size=1000000"], ["data.image_size=1000000"]),
+    ("config-folder", {}, ["--config", "configs"], ["'configs' is a folder, not a file", "configs/digits.yaml"]),
+]
+
+
+@pytest.mark.parametrize("name,env,args,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_environment_and_sizes_are_one_message(
+    tmp_path: Path, name: str, env: dict, args: list, words: list
+) -> None:
+    run = tmp_path / "run"
+    proc = run_cmd([sys.executable, "-X", "importtime", "train.py", f"run.dir={run}", "train.steps=1", *args], env=env)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert len(errors) == 1 and all(w in errors[0] for w in words), errors
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported  # refused by the parser, the launcher check or the gate's first concern
+    assert not run.exists()
+
+
+def test_a_yaml_scalar_and_a_deepspeed_file_that_is_not_json(tmp_path: Path) -> None:
+    scalar, ds = tmp_path / "scalar.yaml", tmp_path / "ds.json"
+    scalar.write_text("5\n")
+    ds.write_text("{\n")
+    proc = run_cmd([sys.executable, "train.py", "--config", str(scalar)])
+    assert proc.returncode == 2 and "holds a single int value, not a mapping of sections" in proc.stderr
+    proc = run_cmd([sys.executable, "train.py", f"train.deepspeed={ds}", f"run.dir={tmp_path / 'run'}"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"the DeepSpeed config {ds} is not a JSON object" in proc.stderr and not (tmp_path / "run").exists()
