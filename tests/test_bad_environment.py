@@ -49,3 +49,18 @@ def test_a_yaml_scalar_and_a_deepspeed_file_that_is_not_json(tmp_path: Path) -> 
     proc = run_cmd([sys.executable, "train.py", f"train.deepspeed={ds}", f"run.dir={tmp_path / 'run'}"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"the DeepSpeed config {ds} is not a JSON object" in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_resume_at_another_world_size_says_what_changes(tmp_path: Path) -> None:
+    """Not an error (a job may come back on fewer GPUs), but said once with what changes: the global batch, the data
+    order and the noise streams."""
+    from conftest import ok, python_train, torchrun_train
+
+    toy = ["--config", "configs/8gaussians.yaml", "model.width=16", "log.every=2", "log.sample_every=0",
+           "eval.at_end=false", f"run.dir={tmp_path / 'run'}"]  # fmt: skip
+    ok(torchrun_train(2, *toy, "train.steps=2", "checkpoint.every=2"))
+    resumed = ok(python_train(*toy, "train.steps=4", "run.resume=latest"))
+    assert resumed.stdout.count("[wgan-gp] resuming a 2-process checkpoint with 1 processes") == 1
+    assert "global critic batch becomes 1 x 256 = 256 (was 512)" in resumed.stdout
+    same = ok(python_train(*toy, "train.steps=6", "run.resume=latest"))
+    assert "process checkpoint with" not in same.stdout  # 1 -> 1: nothing to say

@@ -50,6 +50,7 @@ def train(cfg: Config) -> Path:
                 accelerator, run_dir, resume_from, cfg.run.resume, training.ema
             )
             training.load_state_dict(record)
+            announce_world_change(cfg, accelerator, record)
         write_config(cfg, accelerator, run_dir, training.plan.comment())
     announce(training, run_dir, resume_from)
     started = (time.perf_counter(), training.step)
@@ -61,6 +62,22 @@ def train(cfg: Config) -> Path:
         accelerator.end_training()
         release(run_dir)
     return run_dir
+
+
+def announce_world_change(cfg: Config, accelerator, record: dict) -> None:
+    """A resume with another number of processes continues the weights, optimizer state and step, but not the run it
+    would have been: said once, with what changes."""
+    then, now = int(record.get("world_size", 1)), accelerator.num_processes
+    if then == now or not accelerator.is_main_process:
+        return
+    b = cfg.train.batch_size
+    print(
+        f"[wgan-gp] resuming a {then}-process checkpoint with {now} processes: the weights, optimizer moments and step "
+        f"continue, but the global critic batch becomes {now} x {b} = {now * b} (was {then * b}), each process's share "
+        f"of the data order and its noise stream (seed + rank) differ, so the run is no longer the one {then} "
+        f"processes would have trained. The log interval's running statistics restart.",
+        flush=True,
+    )
 
 
 def train_step(training: Training, eager: bool = False) -> None:
