@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -200,6 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs"), help="quality.md, quality.json, PNGs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (runs go one at a time)")
     parser.add_argument("--cache-dir", help="classifier cache (default: eval.cache_dir, $WGAN_GP_CACHE)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="instead of the budget's seeds (e.g. --seeds 0)")
     args = parser.parse_args(argv)
     if args.budget == "converged":  # resumable across sessions, so its run folders live in the repository
         from trainer import converged
@@ -208,6 +209,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return converged.main(args.datasets, runs, args.out, args.models.resolve(), args.cache_dir)
     args.runs = args.runs or Path("runs/reproduce")
     budget, start = BUDGETS[args.budget], time.perf_counter()
+    if args.seeds:
+        budget = replace(budget, seeds=tuple(args.seeds))
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
