@@ -114,9 +114,9 @@ def kill_at(spec: str) -> None:
         stats.MetricsFile.write = half_line
     save, save_file, publish, prune = checkpoint.save, checkpoint.save_file, checkpoint.publish, checkpoint._prune
 
-    def noting_save(accelerator, run_dir, at, *args):
-        saving["step"] = at
-        return save(accelerator, run_dir, at, *args)
+    def noting_save(accelerator, run_dir, snapshot, *args):
+        saving["step"] = snapshot.step  # checkpoint.save(accelerator, run_dir, Snapshot, keep)
+        return save(accelerator, run_dir, snapshot, *args)
 
     def file_then_die(tensors, path):
         save_file(tensors, path)

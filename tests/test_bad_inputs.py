@@ -9,6 +9,7 @@ show on stderr.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import signal
 import struct
@@ -20,7 +21,7 @@ import pytest
 from conftest import TINY, ok, python_train, run_cmd
 from PIL import Image
 
-from trainer import cli, compare, evaluate, sample
+from trainer import cli, compare, evaluate, export, sample
 from trainer.run import signals
 
 CKPT = "checkpoints/step-00000002"
@@ -188,7 +189,29 @@ FILE_CASES: list[tuple[str, Setup, list[str]]] = [
         lambda tmp, run: [*_damage_all(run), "run.resume=latest"],
         ["No earlier checkpoint", "model.safetensors"],
     ),
+    (
+        "resume-edited-step",
+        lambda tmp, run: [_edit_record(run, '"step": 9,'), f"run.resume={run / CKPT}"][1:],
+        ["trainer_state.json", "SHA-256 it recorded of itself"],
+    ),
+    (
+        "resume-legacy-null-step",
+        lambda tmp, run: [_edit_record(run, '"step": null,', legacy=True), f"run.resume={run / CKPT}"][1:],
+        ["trainer_state.json is malformed", "step must be a whole number"],
+    ),
 ]
+
+
+def _edit_record(run: Path, step: str, legacy: bool = False) -> None:
+    """The newest record's step edited by hand; `legacy`: in a record without its own digest (older checkpoints)."""
+    path = run / CKPT / "trainer_state.json"
+    text = path.read_text()
+    if legacy:
+        record = json.loads(text)
+        del record["record_sha256"]
+        text = json.dumps(record, indent=1)
+    assert '"step": 2,' in text
+    path.write_text(text.replace('"step": 2,', step))
 
 
 def _damage_all(run: Path) -> list[str]:
@@ -219,6 +242,18 @@ COMMANDS: list[tuple[str, Callable, Setup, list[str]]] = [
         sample.main,
         lambda t, r: [write(r / CKPT / "generator.safetensors", b"\x10\x00"), str(r), "--out", str(t / "x.npy")][1:],
         ["generator.safetensors", "--checkpoint"],
+    ),
+    (
+        "sample-edited-record",
+        sample.main,
+        lambda t, r: [_edit_record(r, '"step": 9,'), str(r), "--out", str(t / "x.npy")][1:],
+        ["trainer_state.json", "--checkpoint"],
+    ),
+    (
+        "export-legacy-null-step",
+        export.main,
+        lambda t, r: [_edit_record(r, '"step": null,', legacy=True), str(r), "--out", str(t / "e")][1:],
+        ["trainer_state.json is malformed", "--checkpoint"],
     ),
     (
         "evaluate-wrong-checkpoint",

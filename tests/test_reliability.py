@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, _env, entry, ok, python_train, read_metrics, torchrun_train
 
+from trainer.run.checkpoint import record_digest
 from trainer.run.signals import EXIT_PREEMPTED
 
 
@@ -110,6 +111,7 @@ def test_a_checkpoint_that_verifies_but_cannot_be_loaded_falls_back(run_dir: Pat
     (newest / "model.safetensors").write_bytes(b"\1" * 64)
     record = json.loads((newest / "trainer_state.json").read_text())
     record["files"]["model.safetensors"] = hashlib.sha256(b"\1" * 64).hexdigest()
+    record["record_sha256"] = record_digest(record)  # the record covers itself: it is resealed too
     (newest / "trainer_state.json").write_text(json.dumps(record, indent=1))
     explicit = python_train(f"run.dir={run_dir}", "train.steps=6", f"run.resume={newest}", *TINY)
     assert explicit.returncode == 2 and f"checkpoint {newest} could not be read" in explicit.stderr

@@ -4,13 +4,22 @@ trainer.core.gate)."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationKeyError,
+    InterpolationResolutionError,
+    InterpolationToMissingValueError,
+    InterpolationValidationError,
+    OmegaConfBaseException,
+    UnsupportedInterpolationType,
+)
 
 from trainer.errors import TrainerError
 
@@ -160,11 +169,35 @@ MOVED = {  # keys that moved: the old name is refused with the new one
 }
 
 
+# Interpolation errors whose text names only keys, resolvers or variables, never a value they produced.
+VALUE_FREE = (InterpolationKeyError, InterpolationToMissingValueError, UnsupportedInterpolationType)
+
+
+def _unresolved(err: InterpolationResolutionError) -> str:
+    """Why an interpolation failed, without the value it resolved to: OmegaConf's own text quotes that value (a
+    type-conversion error says "Value 'tok-...' of type 'str' could not be converted", oc.decode's parser quotes the
+    token it stopped at), and a value read from the environment may be a secret that must not reach a log."""
+    text = str(err).splitlines()[0]
+    if isinstance(err, VALUE_FREE) or re.fullmatch(r"KeyError raised .*\"Environment variable '\w+' not found\"", text):
+        return text
+    return f"{text.split(':', 1)[0]} (the details are not shown: they may quote the value, which may be a secret)"
+
+
 def _explain(err: OmegaConfBaseException, source: str) -> TrainerError:
     key = getattr(err, "full_key", None) or "?"
+    node = getattr(err, "child_node", None)  # for an interpolation: its `${...}` text as the user wrote it
+    text = str(node._value()) if hasattr(node, "_value") else "an interpolation"
+    if isinstance(err, InterpolationValidationError):  # resolved, but of the wrong type: never echo the value
+        expected = OmegaConf.select(OmegaConf.structured(Config), key) if key != "?" else None
+        kind = type(expected).__name__ if expected is not None else "the schema's type"
+        return TrainerError(
+            f"config key '{key}' has the wrong type (from {source}): the value that {text} gives cannot be converted "
+            f"to {kind} (not shown: it may be a secret). It expects {kind}: set the variable to one, or give the "
+            f"value directly, e.g. {key}={expected!r}."
+        )
     if isinstance(err, InterpolationResolutionError):
         return TrainerError(
-            f"config key '{key}' (from {source}) could not be resolved: {str(err).splitlines()[0]}. Set the "
+            f"config key '{key}' (from {source}) could not be resolved: {text}: {_unresolved(err)}. Set the "
             f"environment variable it names, or give the value directly."
         )
     if "is not a subclass of" in str(err):
@@ -255,15 +288,17 @@ def _merge_file(cfg: DictConfig, path: Path) -> DictConfig:
     )
 
 
-def _interpolations(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
-    """Dotted key -> its `${...}` text, for every interpolated value (written out as text, never resolved)."""
+def _interpolations(cfg: DictConfig | ListConfig, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> its `${...}` text, for every interpolated value (written out as text, never resolved). List
+    elements count too (`log.tags=['${oc.env:X}',b]` gives `log.tags.0`): a tag is written out like any value."""
     out: dict[str, str] = {}
-    for key in cfg.keys():
-        name = f"{prefix}{key}"
-        if OmegaConf.is_interpolation(cfg, str(key)):
-            out[name] = str(cfg._get_node(key)._value())  # type: ignore[union-attr]
-        elif isinstance(cfg._get_node(key), DictConfig):
-            out.update(_interpolations(cfg._get_node(key), name + "."))  # type: ignore[arg-type]
+    keys = range(len(cfg)) if isinstance(cfg, ListConfig) else cfg.keys()
+    for key in keys:
+        name, node = f"{prefix}{key}", cfg._get_node(key)  # type: ignore[arg-type]
+        if OmegaConf.is_interpolation(cfg, key):  # type: ignore[arg-type]
+            out[name] = str(node._value())  # type: ignore[union-attr]
+        elif isinstance(node, (DictConfig, ListConfig)):
+            out.update(_interpolations(node, name + "."))
     return out
 
 

@@ -51,6 +51,7 @@ class GANGenerator(
         self.critic_parameters = parameter_count(critic)
         self.provenance: dict = {}
         self.training_config = ""
+        self.config_texts: dict[str, str] = {}  # dotted key -> `${...}` text, for keys the run's config interpolated
 
     def forward(self, z: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         return self.net(z, labels)
@@ -91,8 +92,11 @@ def from_checkpoint(ckpt: Path) -> GANGenerator:
     from trainer.data.registry import DATASETS
     from trainer.run import checkpoint
 
+    try:  # every file against its recorded SHA-256 and the record against its own, as trainer.sample does
+        state = checkpoint.verify(ckpt)
+    except TrainerError as err:
+        raise TrainerError(f"{err} Export an earlier one with --checkpoint.") from None
     cfg = configure(str(ckpt / "config.yaml"))
-    state = json.loads((ckpt / checkpoint.STATE_FILE).read_text())
     spec = DATASETS[cfg.data.name]
     generator = GANGenerator(
         model=cfg.model.name,
@@ -109,13 +113,17 @@ def from_checkpoint(ckpt: Path) -> GANGenerator:
         raise TrainerError(
             f"{ckpt / checkpoint.EXPORT_FILE} could not be read ({err}); try an earlier checkpoint."
         ) from None
-    generator.training_config = (ckpt / "config.yaml").read_text()
-    generator.provenance = provenance(ckpt, state, cfg.train.ema_decay, cfg.eval.num)
+    generator.training_config = (ckpt / "config.yaml").read_text()  # as written: interpolations as their text
+    generator.config_texts = dict(getattr(cfg, "_raw", {}))  # the card quotes config values as written, too
+    generator.provenance = provenance(ckpt, state, cfg.train.ema_decay, cfg.eval.num, generator.config_texts)
     return generator.eval()
 
 
-def provenance(ckpt: Path, state: dict, ema_decay: float, eval_num: int) -> dict:
-    """Where the weights and the metrics come from: the checkpoint, its step, the run's eval_* lines and summary."""
+def provenance(ckpt: Path, state: dict, ema_decay: float, eval_num: int, texts: Optional[dict] = None) -> dict:
+    """Where the weights and the metrics come from: the checkpoint, its step, the run's eval_* lines and summary.
+    `texts` (dotted key -> `${...}` text) replaces the values the run's config interpolated, for the card."""
+    texts = texts or {}
+    decay = texts.get("train.ema_decay", ema_decay)
     run_dir, step = ckpt.parent.parent, int(state["step"])
     path = run_dir / "metrics.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -129,26 +137,27 @@ def provenance(ckpt: Path, state: dict, ema_decay: float, eval_num: int) -> dict
         "checkpoint": ckpt.name,
         "step": step,
         "world_size": state.get("world_size", 1),
-        "weights": f"EMA generator (decay {ema_decay})" if ema_decay > 0 else "generator (no EMA)",
+        "weights": f"EMA generator (decay {decay})" if ema_decay > 0 else "generator (no EMA)",
         "eval_at_step": at_step,
         "eval_summary": summary,
-        "eval_num": eval_num,
+        "eval_num": texts.get("eval.num", eval_num),
         "rank_fingerprints": [f for f in ranks if f],
     }
 
 
 def model_card(g: GANGenerator, weights_sha256: str) -> str:
     """The README.md of an exported generator (YAML front matter for the Hub, then the sections)."""
-    p = g.provenance
+    p, texts = g.provenance, g.config_texts
+    model, data = texts.get("model.name", g.model), texts.get("data.name", g.data)
     kind = f"A class-conditional ({g.num_classes} classes, AC-GAN)" if g.num_classes else "An unconditional"
     lines = [
         "---",
         "library_name: wgan-gp-trainer",
         "tags: [gan, wgan-gp, pytorch, safetensors]",
-        *([f"datasets: [{g.data}]"] if g.data else []),
+        *([f"datasets: [{data}]"] if data and "data.name" not in texts else []),  # `${...}` is no dataset id
         "---",
         "",
-        f"# WGAN-GP generator: `{g.model}` on `{g.data or 'unknown data'}`",
+        f"# WGAN-GP generator: `{model}` on `{data or 'unknown data'}`",
         "",
         f"{kind} generator trained with the WGAN-GP objective (Gulrajani et al. 2017, arXiv:1704.00028).",
         "",
@@ -169,7 +178,7 @@ def model_card(g: GANGenerator, weights_sha256: str) -> str:
         f"| generator (this model) | {parameter_count(g.net):,} |",
         f"| critic (training only, not exported) | {g.critic_parameters:,} |",
         "",
-        f"Latent size z_dim = {g.z_dim}, z ~ N(0, I).",
+        f"Latent size z_dim = {texts.get('model.z_dim', g.z_dim)}, z ~ N(0, I).",
         "",
     ]
     lines += _evaluation_section(p) + _provenance_section(p, weights_sha256)

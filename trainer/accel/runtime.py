@@ -110,20 +110,31 @@ def elastic_process_group(backend: Optional[str], timeout: timedelta) -> None:
         store = TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
         nonce = secrets.token_hex(16)
         store.set("nonce", nonce)
-        agent.set(ELASTIC_STORE_KEY, f"{store.port} {nonce}")
+        # rank 0 may run on another node than torchrun's store (c10d rendezvous): publish the address it is reached at
+        agent.set(ELASTIC_STORE_KEY, f"{_own_address(host, int(os.environ['MASTER_PORT']))} {store.port} {nonce}")
     else:
-        store = _join_launch_store(agent, host, timeout)
+        store = _join_launch_store(agent, timeout)
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
-def _join_launch_store(agent, host: str, timeout: timedelta):
+def _own_address(host: str, port: int) -> str:
+    """This machine's address on the route to torchrun's store (no packet is sent: a UDP socket only picks a route)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))
+            return probe.getsockname()[0]
+    except OSError:
+        return host
+
+
+def _join_launch_store(agent, timeout: timedelta):
     """The store rank 0 of this attempt published (see elastic_process_group); raises after `timeout`."""
     from torch.distributed import TCPStore
 
     deadline = time.monotonic() + timeout.total_seconds()
     probe = min(5.0, timeout.total_seconds())
     while True:
-        port, nonce = agent.get(ELASTIC_STORE_KEY).decode().split()  # waits for the first one to be written
+        host, port, nonce = agent.get(ELASTIC_STORE_KEY).decode().split()  # waits for the first one to be written
         try:
             # A plain connect first: a store that died with its process refuses at once and silently, where
             # TCPStore's client retries for its whole timeout and prints C++ stack traces.
@@ -136,7 +147,7 @@ def _join_launch_store(agent, host: str, timeout: timedelta):
         if time.monotonic() > deadline:
             raise torch.distributed.DistError(
                 f"Timed out: rank 0 did not publish this attempt's process-group store in {ELASTIC_STORE_KEY} on "
-                f"{host}:{os.environ.get('MASTER_PORT')} within {timeout.total_seconds():.0f} s"
+                f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} in {timeout.total_seconds():.0f} s"
             )
         time.sleep(0.2)
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import io
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -39,9 +43,12 @@ def default_weights_path() -> Path:
 
 
 def weights_path(configured: Optional[str]) -> Path:
-    """The weights file to use; raises TrainerError with the fix when it is missing (never downloads)."""
+    """The weights file to use, read once as tensors (before any long computation); raises TrainerError with the
+    fix when it is missing or holds anything but tensors (never downloads)."""
     path = Path(configured).expanduser() if configured else default_weights_path()
     if path.is_file():
+        stat = path.stat()
+        _vetted(str(path), stat.st_mtime_ns, stat.st_size)
         return path
     where = f"eval.inception_weights={configured}" if configured else f"the torch hub cache, {path}"
     raise TrainerError(
@@ -51,6 +58,44 @@ def weights_path(configured: Optional[str]) -> Path:
         f"to {default_weights_path()} here, or set eval.inception_weights=/path/to/{WEIGHTS_FILE} "
         f"(python -m trainer.evaluate: --inception-weights PATH)."
     )
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """The weights file as a state dict of tensors, unpickled with weights_only=True: a file that holds any other
+    object (whose unpickling could run code: torch-fidelity's own loader would, with weights_only=False) is refused."""
+    try:
+        with warnings.catch_warnings():  # a plain pickle's protocol note would only precede the refusal below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only's refusal of a global it does not allow
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"a pickled {found.group(1)}" if found else "pickled data that is not tensors"
+        raise TrainerError(
+            f"the Inception weights {path} were refused: the file holds {what}, and unpickling it could run code "
+            f"from the file, so only tensors are read. Replace it with torch-fidelity's published {WEIGHTS_FILE} "
+            f"(`python -m trainer.fetch_weights --force` on a machine with internet), or point eval.inception_weights "
+            f"(python -m trainer.evaluate: --inception-weights) at a file that holds only the weights."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a cut or foreign file means the same thing to the user
+        raise _unloadable(path, err) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise TrainerError(
+            f"the Inception weights {path} hold a {type(state).__name__}, not a state dict of tensors; fetch "
+            f"torch-fidelity's {WEIGHTS_FILE} with `python -m trainer.fetch_weights` on a machine with internet."
+        )
+    return state
+
+
+def _unloadable(path: Path, err: Exception) -> TrainerError:
+    return TrainerError(
+        f"the Inception weights {path} could not be loaded ({type(err).__name__}: {str(err)[:200]}). Fetch them "
+        f"again with `python -m trainer.fetch_weights` on a machine with internet."
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _vetted(path: str, mtime_ns: int, size: int) -> None:
+    read_weights(Path(path))  # mtime and size only key the cache: a replaced file is read again
 
 
 @functools.lru_cache(maxsize=1)  # evaluations every eval.every steps reuse the network
@@ -63,13 +108,15 @@ def load_extractor(path: Path, device: torch.device | str = "cpu") -> nn.Module:
             pool, logits = self._torch_fidelity_forward(x)  # the FID network's forward, both outputs of one pass
             return pool, logits
 
+    # torch-fidelity unpickles the path it is given with weights_only=False: it gets the tensors read_weights read
+    # safely, saved again into memory, so what it unpickles is only what torch.save wrote of them.
+    buffer = io.BytesIO()
+    torch.save(read_weights(path), buffer)
+    buffer.seek(0)
     try:
-        net = InceptionFeatures("inception-v3-compat", ["2048", "logits_unbiased"], str(path))
-    except Exception as err:  # noqa: BLE001 - any unreadable file means the same thing to the user
-        raise TrainerError(
-            f"the Inception weights {path} could not be loaded ({type(err).__name__}: {str(err)[:200]}). Fetch them "
-            f"again with `python -m trainer.fetch_weights` on a machine with internet."
-        ) from None
+        net = InceptionFeatures("inception-v3-compat", ["2048", "logits_unbiased"], buffer)  # type: ignore[arg-type]
+    except Exception as err:  # noqa: BLE001 - tensors of the wrong names or shapes mean the same thing to the user
+        raise _unloadable(path, err) from None
     return net.to(device)
 
 

@@ -4,13 +4,19 @@ A checkpoint folder `checkpoints/step-00001000/` holds Accelerate's state (both 
 scaler, every process's RNG), `trainer_state.json` (step, data position, per-process parameter fingerprints),
 `config.yaml` (the resolved config), `ema.safetensors` and `generator.safetensors` (the export used for sampling:
 the EMA generator when there is one). `trainer_state.json` is written last and records the SHA-256 of every other
-file, checked before a resume: a cut or flipped file is never loaded. Nothing here needs pickle to be read back
-except Accelerate's RNG and optimizer files, which Accelerate loads with weights_only=True.
+file, checked before a resume: a cut or flipped file is never loaded. The record covers itself too: its last key,
+`record_sha256`, is the SHA-256 of the rest of it (canonical JSON), and its fields are checked against a schema, so an
+edited step or a null is a damaged checkpoint like a flipped bit. Records without it predate record hashing and are
+still accepted, with a warning. Nothing here needs pickle to be read back except Accelerate's RNG and optimizer files,
+which Accelerate loads with weights_only=True.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -19,7 +25,8 @@ from typing import Any, Callable, Optional, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import RNG_STATE_NAME, gather_object
+from accelerate.utils import load as accelerate_load
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,6 +39,8 @@ EXPORT_FILE = "generator.safetensors"
 EMA_FILE = "ema.safetensors"
 PREFIX = "step-"
 NAME = re.compile(r"step-(\d{8,})")  # a checkpoint's folder name; anything else in checkpoints/ is not ours
+RECORD_DIGEST = "record_sha256"  # the record's own digest, its last key (records without it are legacy ones)
+HEX64 = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
 
@@ -84,25 +93,113 @@ def resolve(run_dir: Path, resume: Optional[str], option: str = "run.resume") ->
     return path
 
 
-def verify(path: Path) -> dict[str, Any]:
-    """The state record of checkpoint `path` after checking every file against the SHA-256 it recorded at saving
-    (and that its config parses); raises TrainerError naming the first file that differs."""
+def record_digest(record: dict[str, Any]) -> str:
+    """The SHA-256 of a state record without its own digest, as canonical JSON (sorted keys, no spaces): any change
+    of a value (20 -> 28, a null, a key added twice) changes it, a change of layout does not."""
+    body = {key: value for key, value in record.items() if key != RECORD_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _is_count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _per_process(record: dict[str, Any], key: str, entry_ok: Callable[[Any], bool]) -> Optional[str]:
+    entries = record.get(key, [])
+    if not isinstance(entries, list) or len(entries) not in (0, record["world_size"]):
+        return f"{key} must be a list with one entry per process ({record['world_size']})"
+    return None if all(isinstance(e, dict) and entry_ok(e) for e in entries) else f"{key} holds a malformed entry"
+
+
+def _stats_ok(entry: dict) -> bool:
+    """One process's running statistics: sums and maxima numbers, counts whole numbers, each by metric name."""
+    sums, counts, maxima = (entry.get(part) for part in ("sums", "counts", "maxima"))
+    if not (isinstance(sums, dict) and isinstance(counts, dict) and isinstance(maxima, dict)):
+        return False
+    return all(map(_is_number, [*sums.values(), *maxima.values()])) and all(map(_is_count, counts.values()))
+
+
+def schema_problem(record: Any, path: Path) -> Optional[str]:
+    """What is wrong with a state record's fields (their types, and a step that matches the folder's name), or None.
+    num_classes, fingerprints and stats are optional (older checkpoints lack some); unknown keys are allowed."""
+    if not isinstance(record, dict):
+        return f"it holds a {type(record).__name__}, not a JSON object"
+    if not _is_count(record.get("step")):
+        return f"step must be a whole number >= 0, not {json.dumps(record.get('step'))}"
+    if NAME.fullmatch(path.name) and record["step"] != int(path.name[len(PREFIX) :]):
+        return f"step {record['step']} is not the step of its folder {path.name}"
+    if not _is_count(record.get("world_size"), 1):
+        return f"world_size must be a whole number >= 1, not {json.dumps(record.get('world_size'))}"
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return "files must be an object of file name -> SHA-256"
+    for name, digest in files.items():
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or name in (STATE_FILE, "") or not isinstance(digest, str):
+            return f"files names {json.dumps(name)}, which is no file of the checkpoint"
+        if not HEX64.fullmatch(digest):
+            return f"the SHA-256 of {name} is not 64 hex digits"
+    data = record.get("data")
+    if not isinstance(data, dict) or not all(_is_count(v) for v in data.values()):
+        return "data (the data position) must be an object of whole numbers >= 0"
+    if "num_classes" in record and not _is_count(record["num_classes"]):
+        return f"num_classes must be a whole number >= 0, not {json.dumps(record['num_classes'])}"
+    texts = lambda e: all(isinstance(k, str) and isinstance(v, str) for k, v in e.items())  # noqa: E731
+    return _per_process(record, "fingerprints", texts) or _per_process(record, "stats", _stats_ok)
+
+
+_noted_legacy: set[Path] = set()  # checkpoints already reported as legacy by this process (verify runs twice)
+
+
+def _note_legacy(path: Path, warn: bool) -> None:
+    if warn and path.resolve() not in _noted_legacy:
+        _noted_legacy.add(path.resolve())
+        print(
+            f"[wgan-gp] warning: checkpoint {path} predates record hashing: its files are checked, but its "
+            f"{STATE_FILE} carries no {RECORD_DIGEST} of itself (checkpoints written from now on do).",
+            flush=True,
+        )
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """The state record after its own digest (when it has one) and its schema; raises ValueError naming the file."""
     try:
-        try:
-            record = json.loads((path / STATE_FILE).read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{STATE_FILE} is unreadable: {err}") from None
-        for name, digest in record.get("files", {}).items():
+        record = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{STATE_FILE} is unreadable: {err}") from None
+    if isinstance(record, dict) and RECORD_DIGEST in record and record[RECORD_DIGEST] != record_digest(record):
+        raise ValueError(f"{STATE_FILE} differs from the SHA-256 it recorded of itself (edited or corrupted)")
+    problem = schema_problem(record, path)
+    if problem is not None:
+        raise ValueError(f"{STATE_FILE} is malformed: {problem}")
+    return record
+
+
+def verify(path: Path, warn: Optional[bool] = None) -> dict[str, Any]:
+    """The state record of checkpoint `path` after checking the record itself (its own digest and its fields),
+    every file against the SHA-256 it recorded at saving, and that its config parses; raises TrainerError naming the
+    first file that differs. A legacy record (no digest of itself) is accepted with a one-line warning, printed once
+    per checkpoint by the process that `warn`s (default: the launcher's rank 0)."""
+    warn = os.environ.get("RANK", "0") == "0" if warn is None else warn
+    try:
+        record = _read_record(path)
+        for name, digest in record["files"].items():
             if not (path / name).is_file():
                 raise ValueError(f"{name} is missing")
             if file_sha256(path / name) != digest:
                 raise ValueError(f"{name} differs from the SHA-256 recorded when it was written (cut or corrupted)")
         OmegaConf.create(read_config_yaml(path))
-        return record
     except Exception as err:  # noqa: BLE001 - any unreadable file means the same thing to the user
         raise TrainerError(
             f"checkpoint {path} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:300]})."
         ) from None
+    if RECORD_DIGEST not in record:
+        _note_legacy(path, warn)
+    return record
 
 
 def candidates(run_dir: Path, resume: Optional[str], chosen: Path) -> list[Path]:
@@ -138,7 +235,7 @@ def choose(run_dir: Path, resume: Optional[str], warn: bool) -> tuple[Optional[P
     chosen = resolve(run_dir, resume)
     if chosen is None:
         return None, None
-    return first_intact(candidates(run_dir, resume, chosen), verify, warn)
+    return first_intact(candidates(run_dir, resume, chosen), lambda path: verify(path, warn), warn)
 
 
 def require_finite(modules: dict[str, nn.Module], step: int, run_dir: Path) -> None:
@@ -180,6 +277,7 @@ def save(accelerator: Accelerator, run_dir: Path, snapshot: Snapshot, keep: int)
             files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
             record = {**snapshot.shared, "step": step, "world_size": accelerator.num_processes, "files": files}
             record.update({key: [rank[key] for rank in per_rank] for key in per_process})
+            record[RECORD_DIGEST] = record_digest(record)  # last: the record covers itself
             (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
             publish(tmp, final)
             _prune(run_dir, keep)
@@ -220,19 +318,74 @@ def _prune(run_dir: Path, keep: int) -> None:
 
 
 def load(accelerator: Accelerator, path: Path, ema: Optional[nn.Module]) -> dict[str, Any]:
-    """The mirror image of `save`: restores networks, optimizers, scaler and this process's RNG (Accelerate) and the
-    EMA in place; returns the record (trainer.core.build.Training.load_state_dict reads the rest from it)."""
+    """Collective, the mirror image of `save`: restores networks, optimizers, scaler and this process's RNG
+    (Accelerate) and the EMA in place; returns the record (trainer.core.build.Training.load_state_dict reads the rest
+    from it). Every process gets the same verdict: one process's unreadable file fails the load on all of them, so
+    a fallback under run.resume=latest moves them to the same older checkpoint."""
+    problem, record = None, {}
     try:
         accelerator.load_state(str(path))
-        record = json.loads((path / STATE_FILE).read_text())
+        _require_rng_restored(path, accelerator.process_index)
+        record = _read_record(path)
         if ema is not None:
             ema.load_state_dict(load_file(str(path / EMA_FILE)))  # CPU, then copied (safetensors rejects cpu:0)
+    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False, which runs the file's code
+        problem = f"{_refused_file(path)} holds pickled data that is not tensors: refused unread, as it could run code"
     except Exception as err:  # noqa: BLE001 - any unreadable file means the same thing to the user
+        problem = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+    problems = [p for p in gather_object([problem]) if p]
+    if problems:
         raise TrainerError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {' '.join(str(err).split())[:300]}): it "
-            f"may be cut off or from another version."
-        ) from None
+            f"checkpoint {path} could not be read ({problems[0]}): it may be cut off, altered or from another version."
+        )
     return record
+
+
+def _refused_file(path: Path) -> str:
+    """The first of a checkpoint's pickled files (Accelerate's) that weights_only=True refuses, read as Accelerate does
+    (the refusal itself does not say which file it was)."""
+    for file in sorted(f for f in path.iterdir() if f.suffix in (".bin", ".pkl", ".pt")):
+        try:
+            accelerate_load(file)
+        except pickle.UnpicklingError:
+            return file.name
+        except Exception:  # noqa: BLE001, S112 - another fault, not the refusal being named
+            continue
+    return "a file"
+
+
+def _require_rng_restored(path: Path, process: int) -> None:
+    """Raises unless Accelerate restored this process's RNG from its random_states file.
+
+    Accelerate loads that file with weights_only=True, but when it refuses it (an altered file, a pickled object)
+    or cannot apply it, it only logs and carries on: the run would resume with its noise where the start left it,
+    no longer the run it continues, and nobody would know. That is an error here, not a warning: such a checkpoint
+    takes the path of any checkpoint that cannot be loaded (run.resume=latest falls back to the previous one with
+    a warning naming the file; an explicit run.resume path stops), because a resume promises the same run. The file
+    is read again the same way (Accelerate's loader: tensors, numpy's RNG types) and compared with the live state."""
+    name = f"{RNG_STATE_NAME}_{process}.pkl"
+    if not (path / name).is_file():  # a process the checkpoint did not have (a resume on more processes)
+        print(f"[wgan-gp] warning: {path} holds no {name}: process {process} starts a fresh RNG stream.", flush=True)
+        return
+    try:
+        states = accelerate_load(path / name)
+        saved = [states["torch_manual_seed"]]
+        live = [torch.get_rng_state()]
+        if "torch_cuda_manual_seed" in states and torch.cuda.is_available():  # the devices both have
+            pairs = list(zip(states["torch_cuda_manual_seed"], torch.cuda.get_rng_state_all(), strict=False))
+            saved, live = saved + [s for s, _ in pairs], live + [g for _, g in pairs]
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{name} holds pickled data that is not tensors (refused unread, as it could run code), so this "
+            f"process's RNG cannot be restored"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - whatever the refusal, the RNG was not restored
+        raise ValueError(
+            f"{name} was refused ({type(err).__name__}: {' '.join(str(err).split())[:160]}), so this process's RNG "
+            f"cannot be restored"
+        ) from None
+    if not all(torch.equal(s.cpu(), g.cpu()) for s, g in zip(saved, live, strict=True)):
+        raise ValueError(f"{name} could not be applied (Accelerate only logged it): this process's RNG is not restored")
 
 
 def load_with_fallback(
@@ -240,7 +393,7 @@ def load_with_fallback(
 ) -> tuple[Path, dict[str, Any]]:
     """Verifies and loads `chosen`; under run.resume=latest a checkpoint that verifies but cannot be loaded falls back
     to the next older intact one (verified, then loaded), with a warning."""
-    attempt = lambda path: (verify(path), load(accelerator, path, ema))[1]  # noqa: E731
+    attempt = lambda path: (verify(path, accelerator.is_main_process), load(accelerator, path, ema))[1]  # noqa: E731
     return first_intact(candidates(run_dir, resume, chosen), attempt, accelerator.is_main_process)
 
 

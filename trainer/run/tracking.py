@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import re
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,13 +59,19 @@ def _wandb_run_id(run_dir: Path) -> str:
 
 
 def wandb_init_kwargs(cfg: Config, run_dir: Path) -> dict:
-    """wandb.init's arguments: the run folder, its id (resumed when it exists), log.group/tags/entity/job_type/notes."""
-    log = cfg.log
-    extra = {"group": log.group, "entity": log.entity, "job_type": log.job_type, "notes": log.notes}
+    """wandb.init's arguments: the run folder, its id (resumed when it exists), log.group/tags/entity/job_type/notes.
+
+    Every config value W&B records (group, tags, entity, job type, notes) is the config's as written out: a key set
+    by `${oc.env:...}` goes as that text, as in config.yaml, since W&B writes them into its files (and uploads them).
+    `dir` and the run name (its folder's name) are the real run folder's: W&B records that path itself (its run
+    record and debug.log hold it, measured), so a name taken from it reveals nothing more, and a sweep's trials
+    (run.dir=runs/sweeps/${oc.env:WANDB_SWEEP_ID,sweep}/${oc.env:WANDB_RUN_ID,run}) keep their run ids as names."""
+    log = to_dict(cfg)["log"]
+    extra = {key: log[key] for key in ("group", "entity", "job_type", "notes")}
     kwargs = {"dir": str(run_dir), "name": run_dir.name, "id": _wandb_run_id(run_dir), "resume": "allow"}
-    kwargs.update({key: value for key, value in extra.items() if value is not None})
-    if log.tags:
-        kwargs["tags"] = list(log.tags)
+    kwargs.update({key: str(value) for key, value in extra.items() if value is not None})
+    if log["tags"]:
+        kwargs["tags"] = [str(tag) for tag in log["tags"]]
     return {**kwargs, "mode": _wandb_mode()}
 
 
@@ -73,18 +80,20 @@ def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path, executi
     Its config is the run's (as written out) plus, under `execution`, how the run executes (trainer.accel.plan)."""
     if cfg.log.tracker == "none":
         return
-    config = {**to_dict(cfg), **({"execution": execution} if execution else {})}
+    written = to_dict(cfg)  # interpolated keys as their `${...}` text: the tracker writes (and uploads) all of it
+    config = {**written, **({"execution": execution} if execution else {})}
+    project = _tracker_project(cfg, str(written["log"]["project"]), accelerator.is_main_process)
     main_wandb = cfg.log.tracker == "wandb" and accelerator.is_main_process
     kwargs = {"wandb": wandb_init_kwargs(cfg, run_dir)} if main_wandb else {}
     try:
-        accelerator.init_trackers(cfg.log.project, config=config, init_kwargs=kwargs)
+        accelerator.init_trackers(project, config=config, init_kwargs=kwargs)
     except Exception as err:  # noqa: BLE001 - a network or login failure must not cost the run
         if cfg.log.tracker != "wandb" or kwargs.get("wandb", {}).get("mode") == "offline":
             raise
         print(f"[wgan-gp] warning: W&B did not start online ({err}); logging offline instead.", flush=True)
         _forget_failed_wandb(accelerator)
         kwargs["wandb"]["mode"] = "offline"
-        accelerator.init_trackers(cfg.log.project, config=config, init_kwargs=kwargs)
+        accelerator.init_trackers(project, config=config, init_kwargs=kwargs)
     if main_wandb:
         run = accelerator.get_tracker("wandb", unwrap=True)
         # W&B's own step is the generator step (accelerator.log(..., step=step)); images_seen is the other x axis.
@@ -92,6 +101,24 @@ def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path, executi
         # Every evaluation metric, whatever trainer.metrics.evaluate returns: min, max and last in the summary (the
         # best is one of the first two; write_summary adds eval_*_best by each metric's direction at the end).
         run.define_metric("eval_*", summary="min,max,last")
+
+
+PROJECT_FORBIDDEN = re.compile(r"[/\\#?%:]")  # characters W&B refuses in a project name (offline too: UsageError)
+
+
+def _tracker_project(cfg: Config, written: str, main: bool) -> str:
+    """The project the trackers get: log.project, or where it comes from an interpolation its text, never its value
+    (W&B writes the project into its files), with the characters W&B refuses in a name replaced by '_'."""
+    if written == cfg.log.project:
+        return written
+    project = PROJECT_FORBIDDEN.sub("_", written)
+    if main:
+        print(
+            f"[wgan-gp] warning: log.project={written} is logged as the project '{project}' (an interpolation's "
+            f"text, never its value, reaches the tracker's files); give log.project directly to choose the project.",
+            flush=True,
+        )
+    return project
 
 
 def _forget_failed_wandb(accelerator: Accelerator) -> None:
