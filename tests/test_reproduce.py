@@ -66,3 +66,21 @@ def test_pictures_are_small_pngs_with_the_three_losses(tiny) -> None:
         with Image.open(path) as image:
             width, height = image.size
         assert path.stat().st_size < 300_000 and width > (len(LOSSES) - 0.5) * height  # one panel per loss
+
+
+def test_equal_time_rows_train_each_loss_for_wgan_gps_seconds(tmp_path: Path) -> None:
+    """--equal-time: every other loss again, for round(steps * WGAN-GP's seconds / its own) generator steps."""
+    args = ["--budget", "tiny", "--datasets", "8gaussians", "--equal-time", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "docs")]  # fmt: skip
+    ok(run_cmd([sys.executable, "-m", "trainer.reproduce", *args]))
+    record = json.loads((tmp_path / "docs" / "quality.json").read_text())
+    plain = {r["loss"]: r["train_seconds"] for r in record["runs"] if "equal_time_steps" not in r}
+    matched = [r for r in record["runs"] if "equal_time_steps" in r]
+    assert {r["loss"] for r in matched} == set(LOSSES) - {"wgan-gp"}
+    for r in matched:
+        want = max(1, round(BUDGETS["tiny"].toy_steps * plain["wgan-gp"] / plain[r["loss"]]))
+        cfg = load_config(str(Path(r["run"]) / "config.yaml"))
+        assert r["equal_time_steps"] == want == cfg.train.steps
+    text = (tmp_path / "docs" / "quality.md").read_text()
+    assert "At equal wall-clock time" in text
+    assert all(f"| 8gaussians | {r['loss']} | {r['equal_time_steps']:,} |" in text for r in matched)

@@ -186,6 +186,42 @@ def picture(dataset: str, samples: dict[str, torch.Tensor], out: Path) -> None:
     plt.close(fig)
 
 
+def equal_time(dataset: str, results: list[dict], budget: Budget, args: argparse.Namespace) -> list[dict]:
+    """Each loss but WGAN-GP again, for the generator steps that fit in WGAN-GP's mean training seconds at its own
+    measured seconds per step (whole train.py runs, start-up included): the comparison at equal wall-clock time."""
+    toy, out = dataset in TOYS, []
+    steps = budget.toy_steps if toy else budget.digit_steps
+    mean = {loss: statistics.mean(r["train_seconds"] for r in results if (r["dataset"], r["loss"]) == (dataset, loss))
+            for loss in LOSSES}  # fmt: skip
+    for loss in (loss for loss in LOSSES if loss != "wgan-gp"):
+        matched = max(1, round(steps * mean["wgan-gp"] / mean[loss]))
+        longer = replace(budget, **({"toy_steps": matched} if toy else {"digit_steps": matched}))
+        for seed in budget.seeds:
+            run_dir, seconds = train(dataset, loss, seed, longer, args.runs.resolve() / "equal-time", args.threads)
+            metrics, provenance, _ = score(run_dir, longer, args.cache_dir)
+            out.append(dict(dataset=dataset, loss=loss, seed=seed, run=os.path.relpath(run_dir), train_seconds=seconds,
+                            metrics=metrics, provenance=provenance, equal_time_steps=matched))  # fmt: skip
+            print(json.dumps({k: out[-1][k] for k in ("dataset", "loss", "seed", "equal_time_steps", "metrics")}))
+    return out
+
+
+def equal_time_table(results: list[dict]) -> list[str]:
+    rows = [r for r in results if "equal_time_steps" in r]
+    if not rows:
+        return []
+    lines = ["At equal wall-clock time (each loss for the steps that fit in WGAN-GP's seconds):", "",
+             "| data | loss | generator steps | train s | W1 | modes | classifier FD | classes |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for dataset, loss in dict.fromkeys((r["dataset"], r["loss"]) for r in rows):
+        group = [r for r in rows if (r["dataset"], r["loss"]) == (dataset, loss)]
+        m = {key: mean_std([r["metrics"][key] for r in group], d) if key in group[0]["metrics"] else "-"
+             for key, d in (("w1", 3), ("modes_covered", 1), ("fd_classifier", 2), ("classes_covered", 1))}  # fmt: skip
+        secs = mean_std([r["train_seconds"] for r in group], 0)
+        lines.append(f"| {dataset} | {loss} | {group[0]['equal_time_steps']:,} | {secs} | {m['w1']} | "
+                     f"{m['modes_covered']} | {m['fd_classifier']} | {m['classes_covered']} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -201,6 +237,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (runs go one at a time)")
     parser.add_argument("--cache-dir", help="classifier cache (default: eval.cache_dir, $WGAN_GP_CACHE)")
     parser.add_argument("--seeds", type=int, nargs="+", help="instead of the budget's seeds (e.g. --seeds 0)")
+    parser.add_argument("--equal-time", action="store_true",
+                        help="then train every other loss for as many steps as fit in WGAN-GP's seconds")  # fmt: skip
     args = parser.parse_args(argv)
     if args.budget == "converged":  # resumable across sessions, so its run folders live in the repository
         from trainer import converged
@@ -227,9 +265,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if seed == budget.seeds[0]:
                     pictures[loss] = samples
         picture(dataset, pictures, args.out / f"quality-{dataset}.png")
+        if args.equal_time:
+            results += equal_time(dataset, results, budget, args)
     base = baseline(args.cache_dir) if "mnist5k" in args.datasets else None
     seconds = time.perf_counter() - start
-    text = tables(results, base, budget, args.budget, seconds)
+    text = tables([r for r in results if "equal_time_steps" not in r], base, budget, args.budget, seconds)
+    text += "\n".join(equal_time_table(results))
     record = {"budget": {"name": args.budget, **asdict(budget)}, "seconds": seconds, "baseline": base, "runs": results}
     (args.out / "quality.json").write_text(json.dumps(record, indent=1))
     (args.out / "quality.md").write_text(text)
