@@ -141,7 +141,7 @@ OVERRIDES: list[tuple[str, list[str], list[str]]] = [
 ]
 FILE_CASES: list[tuple[str, Setup, list[str]]] = [
     ("config-missing", lambda tmp, run: ["--config", str(tmp / "nope.yaml")], ["nope.yaml", "does not exist"]),
-    ("config-is-folder", lambda tmp, run: ["--config", str(tmp)], ["does not exist"]),
+    ("config-is-folder", lambda tmp, run: ["--config", str(tmp)], ["is a folder, not a file"]),
     ("mnist-missing", lambda tmp, run: ["data.name=mnist", f"data.root={tmp}"], ["data.name=mnist", "download"]),
     ("mnist-cut", lambda tmp, run: ["data.name=mnist", f"data.root={mnist(tmp, cut=500)}"], ["could not be read"]),
     ("mnist-magic", lambda tmp, run: ["data.name=mnist", f"data.root={mnist(tmp, magic=1234)}"], ["expected format"]),

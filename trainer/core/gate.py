@@ -43,11 +43,6 @@ LIMITS = {  # upper bounds no real run reaches (memory-bound sizes are estimated
     "train.cpu_threads": 4096,
     "data.num_workers": 256,
     "train.timeout_s": 7 * 24 * 3600,
-    "model.width": 1 << 16,
-    "model.z_dim": 1 << 16,
-    "train.batch_size": 1 << 24,
-    "train.batch_size_g": 1 << 24,
-    "data.image_size": 1 << 14,
     "eval.num": 10**8,
 }
 
@@ -394,7 +389,15 @@ def environment(cfg: Config, accelerator) -> None:
             "train.precision=fp16 needs a CUDA GPU, but this run is on the CPU, where it would silently train in "
             "float32. Use train.precision=bf16 (CPU autocast) or train.precision=no."
         )
-    need, have = memory_estimate(cfg), _memory_available(accelerator)
+    try:
+        need = memory_estimate(cfg)
+    except (RuntimeError, OverflowError, ValueError) as err:  # sizes past what PyTorch's shape arithmetic holds
+        raise TrainerError(
+            f"this config is beyond any machine: model.name={cfg.model.name} with model.z_dim={cfg.model.z_dim}, "
+            f"model.width={cfg.model.width} and data.image_size={cfg.data.image_size} overflows PyTorch's size "
+            f"arithmetic ({' '.join(str(err).split())[:160]}). Lower model.z_dim, model.width or train.batch_size."
+        ) from None
+    have = _memory_available(accelerator)
     if have and need > have:
         raise TrainerError(
             f"this config needs about {need / 2**30:,.1f} GiB on {accelerator.device.type} (weights, gradients, Adam "
