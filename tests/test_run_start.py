@@ -49,7 +49,7 @@ def test_failed_start_leaves_no_run_folder_behind(tmp_path: Path) -> None:
 
 def test_error_message_starts_its_own_line_after_the_progress_bar(run_dir: Path) -> None:
     nan_steps = ",".join(str(s) for s in range(2, 9))
-    args = (f"run.dir={run_dir}", "train.steps=8", *TINY, "train.max_nonfinite=2")
+    args = (f"run.dir={run_dir}", "train.steps=8", *TINY, "train.max_nonfinite=2", "log.progress=bar")  # as on a tty
     proc = python_train(*args, env={"WGAN_GP_FAULT_NAN_AT": nan_steps})
     assert proc.returncode == 2 and "%|" in proc.stderr  # the bar was drawn
     errors = [line for line in proc.stderr.split("\n") if "error: " in line]

@@ -27,6 +27,7 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("no", "bf16", "fp16")
 TRACKERS = ("none", "wandb", "tensorboard")
 ARTIFACTS = ("none", "generator", "checkpoint")
+PROGRESS = ("auto", "bar", "lines")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 COMPILE_SCOPES = ("loss", "modules")  # trainer.core.compiled; trainer.accel.speed.compile_pair
 
@@ -109,6 +110,7 @@ class LogConfig:
     job_type: Optional[str] = None  # W&B job type (train, eval, ...); None = none
     notes: Optional[str] = None  # W&B run notes (free text); None = none
     artifacts: str = "generator"  # W&B artifact per checkpoint: none | generator (the export) | checkpoint (+ folder)
+    progress: str = "auto"  # auto: tqdm's bar on a terminal, one plain line per log.every otherwise | bar | lines
 
 
 @dataclass

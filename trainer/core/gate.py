@@ -25,6 +25,7 @@ from trainer.config import (
     COMPILE_SCOPES,
     OPTIMIZERS,
     PRECISIONS,
+    PROGRESS,
     TRACKERS,
     Config,
     load_config,
@@ -103,6 +104,7 @@ def vocabulary(cfg: Config) -> None:
         choice("train.precision", cfg.train.precision, PRECISIONS)
     choice("log.tracker", cfg.log.tracker, TRACKERS)
     choice("log.artifacts", cfg.log.artifacts, ARTIFACTS)
+    choice("log.progress", cfg.log.progress, PROGRESS)
     package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(cfg.log.tracker)
     if package and importlib.util.find_spec(package) is None:
         raise TrainerError(

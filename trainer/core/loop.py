@@ -103,7 +103,8 @@ def run_loop(training: Training, run_dir: Path, stop: StopFlag) -> None:
     metrics = MetricsFile(run_dir / "metrics.jsonl", accelerator.is_main_process, training.step)
     fixed_z = torch.randn(cfg.log.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     # A terminal gets tqdm's bar; a log file (SLURM, nohup, CI) one plain line per log interval, no carriage returns.
-    plain = accelerator.is_main_process and not sys.stderr.isatty()
+    mode = cfg.log.progress if cfg.log.progress != "auto" else ("bar" if sys.stderr.isatty() else "lines")
+    plain = accelerator.is_main_process and mode == "lines"
     bar = tqdm(
         total=cfg.train.steps,
         initial=training.step,

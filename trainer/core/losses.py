@@ -237,8 +237,9 @@ class Penalty:
         with self.around():
             real, fake, eps = b.real[:rows], b.fake[:rows], b.eps[:rows]
             penalty, norms = gradient_penalty(
-                self.forward, real, fake, eps, self.one_sided, self.gradient, self.at, self.centre
-            )
+                self.forward, real, fake, eps, one_sided=self.one_sided, gradient=self.gradient, at=self.at,
+                centre=self.centre,
+            )  # fmt: skip
         weight = self.weight * self.every * (self.schedule(self.clock.step) if self.schedule else 1.0)
         norm_name = "grad_norm" if self.at == "interpolates" else f"grad_norm_{self.at}"
         return weight * penalty, {self.name: penalty, norm_name: norms}
