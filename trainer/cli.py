@@ -90,13 +90,15 @@ def resolved_defaults(cfg) -> str:
     return f"# used for training (null = loss.name={cfg.loss.name}'s paper default):\n" + "\n".join(lines) + "\n"
 
 
-GLOO_LOST = ("Timed out", "Connection closed by peer", "Connection reset by peer")  # gloo's texts: it raises no type
+# gloo's texts (it raises no type): a stopped peer gives "Timed out ..." or, on a group started on its own store
+# (trainer.accel.runtime.elastic_process_group), "Application timeout caused pair closure"; a killed one
+# "Connection closed/reset by peer"
+GLOO_LOST = ("Timed out", "Application timeout", "Connection closed by peer", "Connection reset by peer")
 
 
 def lost_a_process(err: RuntimeError) -> bool:
     """A collective failed because another process died or hung: torch's distributed error types (NCCL, the store,
-    the network), or gloo's plain RuntimeError, which only its message tells apart (measured: a killed peer gives
-    "Connection closed by peer", a stopped one "Timed out")."""
+    the network), or gloo's plain RuntimeError, which only its message tells apart (GLOO_LOST)."""
     import torch.distributed as dist
 
     return isinstance(err, dist.DistError) or any(text in str(err) for text in GLOO_LOST)
@@ -133,7 +135,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not lost_a_process(err):
             raise
         print(  # on every rank: the main process may be the one that died
-            f"error: another process died or hung longer than train.timeout_s ({str(err).splitlines()[0][:200]}). "
+            f"error: {'Timed out: ' if 'timeout' in str(err).lower() else ''}another process died or hung longer "
+            f"than train.timeout_s ({str(err).splitlines()[0][:200]}). "
             f"Rerun with run.resume=latest to continue from the last checkpoint.",
             file=sys.stderr,
             flush=True,
