@@ -69,3 +69,15 @@ def test_a_resume_at_another_world_size_says_what_changes(tmp_path: Path) -> Non
     assert "global critic batch becomes 1 x 256 = 256 (was 512)" in resumed.stdout
     same = ok(python_train(*toy, "train.steps=6", "run.resume=latest"))
     assert "process checkpoint with" not in same.stdout  # 1 -> 1: nothing to say
+
+
+def test_a_refused_value_from_the_environment_is_shown_as_its_interpolation(tmp_path: Path) -> None:
+    """The gate quotes what it refuses; a value read from the environment may be a secret, so it is quoted as the
+    `${...}` text the user wrote. Control: the same value given directly is quoted as it is."""
+    secret = "hunter2-zz-token"
+    for key in ("train.precision", "log.tracker", "data.name", "optim.schedule"):
+        proc = run_cmd([sys.executable, "train.py", f"{key}=${{oc.env:MY_SECRET}}"], env={"MY_SECRET": secret})
+        assert proc.returncode == 2 and secret not in proc.stdout + proc.stderr, key
+        assert f"{key}='${{oc.env:MY_SECRET}}' is not a valid choice" in proc.stderr, proc.stderr
+    direct = run_cmd([sys.executable, "train.py", f"train.precision={secret}"])
+    assert f"train.precision='{secret}' is not a valid choice" in direct.stderr

@@ -3,6 +3,7 @@
 import os
 import pickle
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,11 +154,33 @@ def test_image_folder_one_class_cannot_be_conditional(tmp_path):
         make_batches("imagefolder", str(tmp_path), False, 8, 1, CPU, 0, 1, seed=0, labelled=True)
 
 
+class _Payload:
+    """A pickle whose only effect, when unpickled, is to create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
 def test_lsun_lmdb(tmp_path, monkeypatch):
+    import pickle
+    import string
+
     pytest.importorskip("lmdb")
     colours = [(30 * i, 250 - 30 * i, 128) for i in range(6)]
     write_lsun(tmp_path, [banded_image(c, (255, 255, 255), (48, 36)) for c in colours], corrupt_at=2)
     monkeypatch.chdir(tmp_path / "bedroom_train_lmdb")  # torchvision writes its key cache into the working dir
+    monkeypatch.setenv("WGAN_GP_CACHE", str(tmp_path / "cache"))
+    # torchvision's own cache name for this lmdb; planted beside the data, where the trainer used to let it look
+    lmdb_root = str((tmp_path / "bedroom_train_lmdb").resolve())
+    name = "_cache_" + "".join(c for c in lmdb_root if c in string.ascii_letters)
+    marker = tmp_path / "payload-ran"
+    (tmp_path / name).write_bytes(pickle.dumps(_Payload(marker)))
+    pickle.loads((tmp_path / name).read_bytes()).close()  # control: unpickled, the payload does run
+    assert marker.exists()
+    marker.unlink()
     batches = make_batches("lsun-bedroom", str(tmp_path), False, 16, 3, CPU, 0, 1, seed=0)
     with pytest.warns(UnreadableImageWarning, match=r"bedroom_train_lmdb key 0+2\b"):
         x, _ = drain(batches, 2)
@@ -165,8 +188,8 @@ def test_lsun_lmdb(tmp_path, monkeypatch):
     found = ((x + 1) * 127.5).mean((2, 3))
     good = torch.tensor([c for i, c in enumerate(colours) if i != 2], dtype=torch.float32)
     assert torch.cdist(found, good).min(dim=1).values.max() < 6
-    assert not list(tmp_path.joinpath("bedroom_train_lmdb").glob("_cache_*"))  # the cache sits beside the lmdb
-    assert list(tmp_path.glob("_cache_*"))
+    assert not marker.exists()  # the planted file was never read
+    assert list((tmp_path / "cache" / "lsun-keys").glob("_cache_*"))  # the key cache sits in the trainer's own cache
 
 
 def test_lsun_missing_says_how_to_get_it(tmp_path):

@@ -59,8 +59,24 @@ def configure(config_file: Optional[str] = None, overrides: tuple[str, ...] = ()
 
         environment_variables(cfg)
         launcher_flags(cfg)
-    refuse(cfg)
+    try:
+        refuse(cfg)
+    except TrainerError as err:
+        raise TrainerError(redacted(str(err), cfg)) from None
     return cfg
+
+
+def redacted(message: str, cfg: Config) -> str:
+    """`message` with every value that came from an interpolation (`${oc.env:TOKEN}`) shown as its `${...}` text:
+    a refusal quotes the value it refuses, and a value read from the environment may be a secret."""
+    node = OmegaConf.structured(cfg)
+    for key, text in getattr(cfg, "_raw", {}).items():
+        value = OmegaConf.select(node, key)
+        values = value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+        for item in values:
+            if isinstance(item, str) and len(item) >= 4:  # short values (a digit, 'no') would also hit other words
+                message = message.replace(repr(item), repr(text)).replace(item, text)
+    return message
 
 
 def refuse(cfg: Config) -> None:

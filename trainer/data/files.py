@@ -8,7 +8,6 @@ cannot be decoded is replaced by the next readable one and reported with its pat
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,13 +169,30 @@ def _lmdb_key(where: str, keys: list[bytes], index: int) -> str:
 
 @contextmanager
 def _working_dir(path: Path) -> Iterator[None]:
-    """torchvision's LSUN writes its key cache into the working directory: keep it beside the data (or in /tmp)."""
+    """torchvision's LSUN pickles its key cache into the working directory and unpickles whatever file of that name
+    it finds there: run it in a folder only this user can write (the trainer's cache), never beside the data or in
+    /tmp, where anyone could plant a pickle that runs code."""
     previous = os.getcwd()
-    os.chdir(path if os.access(path, os.W_OK) else tempfile.gettempdir())
+    os.chdir(private_cache_dir())
     try:
         yield
     finally:
         os.chdir(previous)
+
+
+def private_cache_dir() -> Path:
+    """$WGAN_GP_CACHE (or ~/.cache/wgan-gp)/lsun-keys, created 0700 (torchvision names each cache file after the
+    data's root); refused if another user can write to it."""
+    folder = Path(os.environ.get("WGAN_GP_CACHE") or Path.home() / ".cache" / "wgan-gp") / "lsun-keys"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for part in (folder,):
+        info = part.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise TrainerError(
+                f"{part} (where torchvision's LSUN keeps its pickled key cache) is writable by other users or owned "
+                f"by another one, so a planted file there could run code. Use a folder of your own: set WGAN_GP_CACHE."
+            )
+    return folder
 
 
 def open_lsun_bedroom(root: str, download: bool, options: ImageOptions) -> SafeImages:
