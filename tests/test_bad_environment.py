@@ -81,3 +81,18 @@ def test_a_refused_value_from_the_environment_is_shown_as_its_interpolation(tmp_
         assert f"{key}='${{oc.env:MY_SECRET}}' is not a valid choice" in proc.stderr, proc.stderr
     direct = run_cmd([sys.executable, "train.py", f"train.precision={secret}"])
     assert f"train.precision='{secret}' is not a valid choice" in direct.stderr
+
+
+def test_a_failed_first_start_leaves_no_folder_but_a_failed_later_one_keeps_its_run(tmp_path: Path) -> None:
+    """NaN gradients from step 1 stop a fresh run before it logs or saves anything: the folder it created is gone.
+    The same fault after a logged step (and in a folder that existed) keeps everything."""
+    from conftest import TINY, python_train, read_metrics
+
+    nan = {"WGAN_GP_FAULT_NAN_AT": ",".join(map(str, range(1, 9)))}
+    fresh = tmp_path / "fresh"
+    proc = python_train(f"run.dir={fresh}", "train.steps=8", *TINY, "train.max_nonfinite=2", "log.every=50", env=nan)
+    assert proc.returncode == 2 and "non-finite" in proc.stderr and not fresh.exists()
+    kept = tmp_path / "kept"
+    late = {"WGAN_GP_FAULT_NAN_AT": ",".join(map(str, range(2, 9)))}
+    proc = python_train(f"run.dir={kept}", "train.steps=8", *TINY, "train.max_nonfinite=2", env=late)
+    assert proc.returncode == 2 and [m["step"] for m in read_metrics(kept)][:1] == [1]  # step 1 was logged: kept

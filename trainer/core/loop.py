@@ -24,7 +24,7 @@ from trainer.metrics.diagnostics import held_out_gap, layer_gradients, share_abo
 from trainer.nets.layers import class_rows
 from trainer.nets.models import parameter_count
 from trainer.run import checkpoint, report
-from trainer.run.folder import claim, nothing_to_train, release, write_config
+from trainer.run.folder import claim, forget_if_nothing_kept, nothing_to_train, release, write_config
 from trainer.run.pictures import save_grid, save_toy_plot
 from trainer.run.signals import Preempted, StopFlag
 from trainer.run.stats import MetricsFile
@@ -39,6 +39,7 @@ def train(cfg: Config) -> Path:
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # data problems are reported before the run folder's
         batches = batches_from_config(cfg, accelerator.device, accelerator.process_index, accelerator.num_processes)
+    created = not Path(cfg.run.dir).exists()
     with claim(cfg, accelerator) as (run_dir, resume_from, record):  # lock, checkpoint choice; undone on failure
         if (done := nothing_to_train(cfg, record, resume_from)) is not None:
             if accelerator.is_main_process:
@@ -52,15 +53,19 @@ def train(cfg: Config) -> Path:
             training.load_state_dict(record)
             announce_world_change(cfg, accelerator, record)
         write_config(cfg, accelerator, run_dir, training.plan.comment())
-    announce(training, run_dir, resume_from)
-    started = (time.perf_counter(), training.step)
+    failed = True
     try:
+        announce(training, run_dir, resume_from)
+        started = (time.perf_counter(), training.step)
         run_loop(training, run_dir, stop)
         write_summary(accelerator, run_dir)
         finish(training, run_dir, started)
+        failed = False
     finally:
         accelerator.end_training()
         release(run_dir)
+        if failed and created and accelerator.is_main_process:  # a start that failed leaves no folder it made
+            forget_if_nothing_kept(run_dir)
     return run_dir
 
 

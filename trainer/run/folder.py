@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fcntl
 import os
+import shutil
 import socket
 import sys
 import time
@@ -166,3 +167,12 @@ def write_config(cfg: Config, accelerator: Accelerator, run_dir: Path, plan: str
 
 def _unwritable(run_dir: Path, err: OSError) -> TrainerError:
     return TrainerError(f"run.dir={run_dir} cannot be written ({err.strerror}). Choose a writable run.dir.")
+
+
+def forget_if_nothing_kept(run_dir: Path) -> None:
+    """Removes a run folder this start created when the run failed before keeping anything (no checkpoint, no
+    metrics line): a failed first start leaves no half-made folder behind to be mistaken for a run."""
+    metrics = run_dir / "metrics.jsonl"
+    if checkpoint.list_checkpoints(run_dir) or (metrics.is_file() and metrics.stat().st_size > 0):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
