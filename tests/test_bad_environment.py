@@ -20,6 +20,15 @@ CASES = [  # (name, environment, arguments, words the message holds)
     ("env-precision", {"ACCELERATE_MIXED_PRECISION": "fp64"}, [], ["ACCELERATE_MIXED_PRECISION='fp64'", "bf16"]),
     ("wandb-mode", {"WANDB_MODE": "bogus"}, ["log.tracker=wandb"], ["WANDB_MODE='bogus' is not a W&B mode"]),
     ("config-folder", {}, ["--config", "configs"], ["'configs' is a folder, not a file", "configs/digits.yaml"]),
+    ("run-dir-name-too-long", {}, ["run.dir=/tmp/" + "x" * 300], ["run.dir: its part", "is 300 bytes"]),
+    ("data-root-too-long", {}, ["data.root=" + "d" * 256], ["data.root: its part"]),
+    (
+        "wandb-project-too-long",
+        {},
+        ["log.tracker=wandb", "log.project=" + "p" * 200],
+        ["log.project is 200 characters"],
+    ),
+    ("wandb-tag-too-long", {}, ["log.tracker=wandb", "log.tags=[" + "t" * 80 + "]"], ["log.tags: the tag"]),
 ]
 
 

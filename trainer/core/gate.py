@@ -110,7 +110,36 @@ def values(cfg: Config) -> None:
     """One key at a time: fixed vocabularies and installed trackers, then numbers (finite, in range, sizes no run
     reaches)."""
     vocabulary(cfg)
+    lengths(cfg)
     numbers(cfg)
+
+
+PATH_KEYS = ("run.dir", "run.resume", "data.root", "eval.cache_dir", "eval.inception_weights", "train.deepspeed")
+NAME_MAX, PATH_MAX = 255, 4096  # bytes in one path component and in a whole path (Linux's limits)
+WANDB_LIMITS = {"log.project": 128, "log.group": 128, "log.job_type": 64, "log.entity": 128}  # W&B's own
+
+
+def lengths(cfg: Config) -> None:
+    """Names no file system or tracker takes, refused before they fail deep inside one of them."""
+    node = OmegaConf.structured(cfg)
+    for key in PATH_KEYS:
+        value = OmegaConf.select(node, key)
+        if not value:
+            continue
+        long = [part for part in Path(str(value)).parts if len(part.encode()) > NAME_MAX]
+        if long or len(str(value).encode()) > PATH_MAX:
+            what = f"its part '{long[0][:40]}...' is {len(long[0].encode())} bytes" if long else "it is too long"
+            raise TrainerError(
+                f"{key}: {what}; file systems take at most {NAME_MAX} bytes a name and {PATH_MAX} a path. Choose a "
+                f"shorter name."
+            )
+    for key, most in WANDB_LIMITS.items():
+        value = OmegaConf.select(node, key)
+        if value is not None and len(str(value)) > most:
+            raise TrainerError(f"{key} is {len(str(value))} characters; W&B takes at most {most}. Shorten it.")
+    for tag in cfg.log.tags:
+        if len(str(tag)) > 64:
+            raise TrainerError(f"log.tags: the tag '{str(tag)[:40]}...' is {len(str(tag))} characters; W&B takes 64.")
 
 
 def vocabulary(cfg: Config) -> None:
