@@ -29,6 +29,9 @@ LOSSES = {  # each loss with its paper's optimizer, as the other budgets (traine
     "wgan-gp": [],
     "wgan-clip": ["loss.name=wgan-clip", "optim.betas=null"],
     "gan": ["loss.name=gan", "optim.betas=null", "train.n_critic=1"],
+    # the objectives the field moved to, at the same steps (appended: runs already in results/converged keep theirs)
+    "gan-r1": ["loss.name=gan-r1", "optim.betas=null", "train.n_critic=1"],
+    "r3gan": ["loss.name=r3gan", "optim.betas=null", "train.n_critic=1"],
 }
 CONFIGS = {
     "8gaussians": "configs/8gaussians.yaml",
