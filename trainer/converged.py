@@ -24,21 +24,9 @@ from typing import Callable, Optional
 
 import torch
 
+from trainer.recipes import CONFIGS, LOSSES
+
 ROOT = Path(__file__).resolve().parent.parent
-LOSSES = {  # each loss with its paper's optimizer, as the other budgets (trainer.reproduce.LOSSES)
-    "wgan-gp": [],
-    "wgan-clip": ["loss.name=wgan-clip", "optim.betas=null"],
-    "gan": ["loss.name=gan", "optim.betas=null", "train.n_critic=1"],
-    # the objectives the field moved to, at the same steps (appended: runs already in results/converged keep theirs)
-    "gan-r1": ["loss.name=gan-r1", "optim.betas=null", "train.n_critic=1"],
-    "r3gan": ["loss.name=r3gan", "optim.betas=null", "train.n_critic=1"],
-}
-CONFIGS = {
-    "8gaussians": "configs/8gaussians.yaml",
-    "25gaussians": "configs/25gaussians.yaml",
-    "swissroll": "configs/swissroll.yaml",
-    "mnist5k": "configs/mnist5k-mlp.yaml",
-}
 TOY_NUM, DIGITS_NUM = 2000, 1000  # generated samples per score (digits: as many as the held-out baseline's)
 FLOOR_DRAWS = 5  # independent real toy sets averaged for the real-vs-real W1 floor
 
@@ -73,12 +61,9 @@ def floor(dataset: str, cache_dir: Optional[str]) -> float:
 
         keys = (f"eval.cache_dir={cache_dir}",) if cache_dir else ()
         return float(real_baseline(configure(str(ROOT / CONFIGS[dataset]), keys))["fd_classifier"])
-    from trainer.data.toys import TOYS
-    from trainer.metrics.toy import w1_exact
+    from trainer.metrics.toy import real_w1
 
-    reference = TOYS[dataset](TOY_NUM, generator=torch.Generator().manual_seed(1))
-    draws = [TOYS[dataset](TOY_NUM, generator=torch.Generator().manual_seed(100 + k)) for k in range(FLOOR_DRAWS)]
-    return sum(w1_exact(d, reference) for d in draws) / FLOOR_DRAWS
+    return real_w1(dataset, TOY_NUM, reference_seed=1, draws=FLOOR_DRAWS)
 
 
 def base_overrides(dataset: str, loss: str, run_dir: Path, chunk: int) -> list[str]:
