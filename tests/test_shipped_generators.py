@@ -14,14 +14,17 @@ from trainer.converged import TARGETS
 from trainer.data.toys import MODES
 from trainer.export import GANGenerator
 from trainer.metrics.toy import high_quality_counts, mode_summary
+from trainer.recipes import LOSSES
 
 SHIPPED = sorted(p for p in (ROOT / "models").glob("*") if (p / "model.safetensors").is_file())
 TOY_NUM = 2000  # the budget's sample count (trainer.converged.TOY_NUM)
 
 
 def progress_of(folder: Path) -> dict:
-    dataset, loss = json.loads((folder / "config.json").read_text())["data"], folder.name.split("-", 1)[1]
-    return json.loads((ROOT / "results" / "converged" / dataset / loss / "progress.json").read_text())
+    """The budget's record of the run behind models/RECIPE-LOSS (results/converged/RECIPE/LOSS/progress.json)."""
+    loss = next(loss for loss in LOSSES if folder.name.endswith(f"-{loss}"))
+    recipe = folder.name[: -len(loss) - 1]
+    return json.loads((ROOT / "results" / "converged" / recipe / loss / "progress.json").read_text())
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])

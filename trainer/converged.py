@@ -50,17 +50,22 @@ TARGETS = {
     "swissroll": Target("W1 <= 1.5x real-vs-real", lambda m, f: m["w1"] <= 1.5 * f, 2000, 40000),
 }  # fmt: skip
 ORDER = ("8gaussians", "mnist5k", "25gaussians", "swissroll")  # the issue's headline results first
+# Each dataset's WGAN-GP recipes (run folder name: config), tried in turn: the next one only when the one before
+# reached its step cap short of the target. The baselines train beside the one that met it (or the last one).
+RECIPES = {name: {name: config} for name, config in CONFIGS.items()}
+RECIPES["mnist5k"]["mnist5k-conv"] = "configs/mnist5k-conv.yaml"  # the MLP pair plateaus above 2x (README)
 
 
-def floor(dataset: str, cache_dir: Optional[str]) -> float:
+def floor(dataset: str, config: str, cache_dir: Optional[str]) -> float:
     """Real against real: toys the exact W1 between independent real sets of TOY_NUM points and the scorer's own
-    reference set (seed 1); mnist5k the held-out digits' classifier FD (trainer.metrics.evaluate.real_baseline)."""
+    reference set (seed 1); mnist5k the held-out digits' classifier FD at the config's image size
+    (trainer.metrics.evaluate.real_baseline)."""
     if dataset == "mnist5k":
         from trainer.core.gate import configure
         from trainer.metrics.evaluate import real_baseline
 
         keys = (f"eval.cache_dir={cache_dir}",) if cache_dir else ()
-        return float(real_baseline(configure(str(ROOT / CONFIGS[dataset]), keys))["fd_classifier"])
+        return float(real_baseline(configure(str(ROOT / config), keys))["fd_classifier"])
     from trainer.metrics.toy import real_w1
 
     return real_w1(dataset, TOY_NUM, reference_seed=1, draws=FLOOR_DRAWS)
@@ -75,11 +80,11 @@ class Stopped(Exception):
     """The budget was asked to stop (SIGTERM/SIGINT); the run in progress wrote its checkpoint."""
 
 
-def train_chunk(keys: list[str], dataset: str, steps: int) -> float:
+def train_chunk(keys: list[str], config: str, steps: int) -> float:
     """train.py to `steps` generator steps, resuming the run folder's newest checkpoint; returns its seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / CONFIGS[dataset]), *keys,
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / config), *keys,
            "run.resume=latest", f"train.steps={steps}"]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -113,53 +118,91 @@ def _portable(keys: list[str]) -> list[str]:
     return [k for k in keys if not k.startswith("run.dir=")]
 
 
-def run(dataset: str, loss: str, runs: Path, cache_dir: Optional[str], base: float, until: Optional[int]) -> dict:
-    """One run of the budget, continued from its progress.json: WGAN-GP until the target (until=None), a baseline
-    until `until` steps. Returns the progress record (chunks: step, seconds, metrics; steps; converged)."""
-    target, run_dir = TARGETS[dataset], runs / dataset / loss
+@dataclass(frozen=True)
+class Goal:
+    """Where a run stops: WGAN-GP (steps None) at its dataset's target or step cap; a baseline at `steps` generator
+    steps (WGAN-GP's), and then, for the comparison at equal wall-clock time, once its seconds reach `seconds`."""
+
+    steps: Optional[int] = None
+    seconds: float = 0.0
+
+
+def trained_seconds(progress: dict, upto: Optional[int] = None) -> float:
+    """Seconds of training (train.py start-up included) up to generator step `upto` (None: all of it)."""
+    chunks = [c for c in progress["chunks"] if upto is None or c["step"] <= upto]
+    return sum(c["seconds"] for c in chunks) + (progress["interrupted_seconds"] if upto is None else 0.0)
+
+
+def next_step(progress: dict, target: Target, goal: Goal) -> Optional[int]:
+    """The generator step the next chunk trains to, or None when the run has reached its goal."""
+    chunks = progress["chunks"]
+    step = chunks[-1]["step"] if chunks else 0
+    if goal.steps is None:  # WGAN-GP: until its target holds or the cap
+        reached = chunks and (target.met(chunks[-1]["metrics"], progress["floor"]) or step >= target.max_steps)
+        return None if reached else step + target.chunk
+    if step < goal.steps:
+        return min(step + target.chunk, goal.steps)
+    left = goal.seconds - trained_seconds(progress)
+    per_step = chunks[-1]["seconds"] / (step - (chunks[-2]["step"] if len(chunks) > 1 else 0))
+    steps = min(target.chunk, int(left / per_step))  # as many as fit in the seconds left, at the last chunk's rate
+    return step + steps if steps >= max(1, target.chunk // 10) else None  # a sliver is not worth a start-up
+
+
+def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[str], goal: Goal) -> dict:
+    """One run of the budget (runs/RECIPE/LOSS), continued from its progress.json until its goal. Returns the
+    progress record (chunks: step, seconds, metrics; floor; converged: WGAN-GP's target met, None for a baseline)."""
+    target, run_dir, config = TARGETS[dataset], runs / recipe / loss, RECIPES[dataset][recipe]
     keys = base_overrides(dataset, loss, run_dir, target.chunk)
     path = run_dir / "progress.json"
     progress = json.loads(path.read_text()) if path.is_file() else None
     if progress is None or _portable(progress["overrides"]) != _portable(keys):
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        progress = {"dataset": dataset, "loss": loss, "overrides": keys, "target": target.text, "floor": base,
-                    "chunks": [], "interrupted_seconds": 0.0, "done": False}  # fmt: skip
-    while not progress["done"]:
-        step = (progress["chunks"][-1]["step"] if progress["chunks"] else 0) + target.chunk
+        progress = {"dataset": dataset, "loss": loss, "overrides": keys, "target": target.text,
+                    "floor": floor(dataset, config, cache_dir), "chunks": [], "interrupted_seconds": 0.0}  # fmt: skip
+    progress.update(recipe=recipe, config=config)
+    progress["done"] = False
+    while (step := next_step(progress, target, goal)) is not None:
         try:
-            seconds = train_chunk(keys, dataset, step)
+            seconds = train_chunk(keys, config, step)
         except Stopped as stop:
             progress["interrupted_seconds"] += stop.args[0]
             path.write_text(json.dumps(progress, indent=1))
             raise
         metrics = score(run_dir, dataset, cache_dir)
         progress["chunks"].append({"step": step, "seconds": seconds, "metrics": metrics})
-        met = target.met(metrics, base)
-        progress["converged"] = met if until is None else None
-        progress["done"] = (met or step >= target.max_steps) if until is None else step >= until
-        print(json.dumps({"dataset": dataset, "loss": loss, "step": step, "seconds": round(seconds, 1),
+        met = target.met(metrics, progress["floor"])
+        progress["converged"] = met if goal.steps is None else None
+        print(json.dumps({"recipe": recipe, "loss": loss, "step": step, "seconds": round(seconds, 1),
                           "target_met": met, **metrics}), flush=True)  # fmt: skip
         path.write_text(json.dumps(progress, indent=1))
+    progress["done"] = True
+    path.write_text(json.dumps(progress, indent=1))
     return progress
 
 
-def ship(progress: dict, runs: Path, models: Path, out: Path) -> None:
-    """A finished run: its generator exported into models/, its last toy picture copied out, its checkpoints gone."""
+def ship(progress: dict, runs: Path, models: Path, out: Path, steps: int) -> None:
+    """A finished run: its pictures at `steps` (equal steps) and at its last step copied out; a WGAN-GP generator
+    exported into models/; its checkpoints removed."""
     from trainer import export
 
-    dataset, loss = progress["dataset"], progress["loss"]
-    run_dir = runs / dataset / loss
+    name, loss = progress["recipe"], progress["loss"]
+    run_dir = runs / name / loss
     if not (run_dir / "checkpoints").is_dir():
         return  # shipped already
-    if export.main([str(run_dir), "--out", str(models / f"{dataset}-{loss}")]) != 0:
-        raise RuntimeError(f"exporting {run_dir} failed")
-    annotate(models / f"{dataset}-{loss}" / "README.md", progress)
-    pictures = sorted((run_dir / "samples").glob("step-*.png"))
-    for old in pictures[:-1]:
-        old.unlink()
-    if pictures:
-        shutil.copyfile(pictures[-1], out / f"converged-{dataset}-{loss}.png")
+    if loss == "wgan-gp":
+        if export.main([str(run_dir), "--out", str(models / f"{name}-{loss}")]) != 0:
+            raise RuntimeError(f"exporting {run_dir} failed")
+        annotate(models / f"{name}-{loss}" / "README.md", progress)
+    last = progress["chunks"][-1]["step"]
+    keep = {last: f"converged-{name}-{loss}-equal-time.png"} if last > steps else {}
+    keep[steps] = f"converged-{name}-{loss}.png"
+    for picture in sorted((run_dir / "samples").glob("step-*.png")):
+        step = int(picture.stem.split("-")[1])
+        if step in keep:
+            shutil.copyfile(picture, out / keep[step])
+        else:
+            picture.unlink()
     shutil.rmtree(run_dir / "checkpoints")
 
 
@@ -187,41 +230,73 @@ def annotate(card: Path, progress: dict) -> None:
     card.write_text(text)
 
 
+def row(r: dict, step: int) -> str:
+    """One table row: a run's figures at generator step `step` and its training minutes up to there."""
+    m = next(c for c in r["chunks"] if c["step"] == step)["metrics"]
+    minutes = trained_seconds(r, None if step == r["chunks"][-1]["step"] else step) / 60
+    cell = lambda key, fmt: format(m[key], fmt) if key in m else "-"  # noqa: E731
+    met = {True: "yes", False: "no", None: "(baseline)"}[r.get("converged")]
+    fd = f"{m['fd_classifier']:.2f} ({m['fd_classifier'] / r['floor']:.2f}x)" if "fd_classifier" in m else "-"
+    w1 = f"{m['w1']:.4f} ({m['w1'] / r['floor']:.2f}x)" if "w1" in m else "-"
+    return (f"| {r['recipe']} | {r['loss']} | {r['target']} | {step:,} | {minutes:.1f} min | {met} | "
+            f"{cell('modes_covered', '.0f')} | {cell('high_quality', '.3f')} | {w1} | {fd} | "
+            f"{cell('classes_covered', '.0f')} |")  # fmt: skip
+
+
 def table(records: list[dict]) -> str:
-    lines = ["| data | loss | target | steps | wall time | met | modes | high-quality | W1 | classifier FD | classes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in records:
-        last = r["chunks"][-1]
-        m, minutes = last["metrics"], (sum(c["seconds"] for c in r["chunks"]) + r["interrupted_seconds"]) / 60
-        cell = lambda key, fmt, m=m: format(m[key], fmt) if key in m else "-"  # noqa: E731
-        met = {True: "yes", False: "no", None: "(baseline)"}[r.get("converged")]
-        fd = f"{m['fd_classifier']:.2f} ({m['fd_classifier'] / r['floor']:.2f}x)" if "fd_classifier" in m else "-"
-        w1 = f"{m['w1']:.4f} ({m['w1'] / r['floor']:.2f}x)" if "w1" in m else "-"
-        lines.append(f"| {r['dataset']} | {r['loss']} | {r['target']} | {last['step']:,} | {minutes:.1f} min | {met} | "
-                     f"{cell('modes_covered', '.0f')} | {cell('high_quality', '.3f')} | {w1} | {fd} | "
-                     f"{cell('classes_covered', '.0f')} |")  # fmt: skip
+    """At equal generator steps (WGAN-GP's), then, for the runs extended past them, at equal wall-clock time."""
+    head = ["| data | loss | target | steps | wall time | met | modes | high-quality | W1 | classifier FD | classes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    steps = {r["recipe"]: r["chunks"][-1]["step"] for r in records if r["loss"] == "wgan-gp"}
+    equal = [
+        row(r, steps[r["recipe"]]) for r in records if any(c["step"] == steps.get(r["recipe"]) for c in r["chunks"])
+    ]
+    lines = ["At equal generator steps (WGAN-GP's converged steps):", "", *head, *equal]
+    longer = [r for r in records if r["chunks"][-1]["step"] > steps.get(r["recipe"], float("inf"))]
+    if longer:
+        lines += ["", "At equal wall-clock time (as many steps as fit in WGAN-GP's seconds, beside WGAN-GP's row):", "",
+                  *head]  # fmt: skip
+        for recipe in dict.fromkeys(r["recipe"] for r in longer):
+            lines += [row(r, r["chunks"][-1]["step"]) for r in records
+                      if r["recipe"] == recipe and (r["loss"] == "wgan-gp" or r in longer)]  # fmt: skip
     return "\n".join(lines)
 
 
+EQUAL_TIME = ("gan-r1", "r3gan")  # the modern objectives, also trained for WGAN-GP's seconds
+
+
 def main(datasets: list[str], runs: Path, out: Path, models: Path, cache_dir: Optional[str]) -> int:
+    """Dataset by dataset, WGAN-GP until its target (its recipes in turn), then each baseline to its steps; then
+    EQUAL_TIME's runs extended to WGAN-GP's seconds. Exit 75 when stopped (the same command continues)."""
     out.mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
-    order = [d for d in ORDER if d in datasets]
+    records: dict[tuple[str, str], dict] = {}
+    beside: dict[str, dict] = {}  # dataset: the WGAN-GP run its baselines train beside
     try:
-        for loss in LOSSES:  # WGAN-GP everywhere first, then the baselines at its step counts
-            for dataset in order:
-                base = floor(dataset, cache_dir)
-                steps = [r["chunks"][-1]["step"] for r in records if r["dataset"] == dataset and r["loss"] == "wgan-gp"]
-                until = None if loss == "wgan-gp" else steps[0]
-                records.append(run(dataset, loss, runs, cache_dir, base, until))
-                ship(records[-1], runs, models, out)
+        for dataset in [d for d in ORDER if d in datasets]:
+            for recipe in RECIPES[dataset]:
+                beside[dataset] = records[recipe, "wgan-gp"] = wgan = run(
+                    dataset, recipe, "wgan-gp", runs, cache_dir, Goal()
+                )
+                ship(wgan, runs, models, out, wgan["chunks"][-1]["step"])
+                if wgan["converged"]:
+                    break
+            for loss in (loss for loss in LOSSES if loss != "wgan-gp"):
+                progress = run(dataset, wgan["recipe"], loss, runs, cache_dir, Goal(wgan["chunks"][-1]["step"]))
+                records[wgan["recipe"], loss] = progress
+                if loss not in EQUAL_TIME:
+                    ship(progress, runs, models, out, wgan["chunks"][-1]["step"])
+        for dataset, wgan in beside.items():
+            goal = Goal(wgan["chunks"][-1]["step"], trained_seconds(wgan))
+            for loss in EQUAL_TIME:
+                records[wgan["recipe"], loss] = progress = run(dataset, wgan["recipe"], loss, runs, cache_dir, goal)
+                ship(progress, runs, models, out, goal.steps)
     except Stopped:
         print("stopped: the run in progress wrote its checkpoint; run the same command again to continue", flush=True)
         return 75
     finally:
         if records:
-            text = table(records)
+            text = table(list(records.values()))
             (out / "quality-converged.md").write_text(text + "\n")
-            (out / "quality-converged.json").write_text(json.dumps(records, indent=1))
+            (out / "quality-converged.json").write_text(json.dumps(list(records.values()), indent=1))
             print(text, flush=True)
     return 0

@@ -1,0 +1,102 @@
+"""The converged budget's plumbing (trainer/converged.py) at a tiny size: real train.py chunks, WGAN-GP to its step
+cap, a baseline to WGAN-GP's steps, an equal-time objective extended to WGAN-GP's seconds, shipping, the tables, and
+an interrupted budget continued by the same command. The seconds are a stand-in clock (so the plan is exact);
+everything else is the real thing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from trainer import converged
+from trainer.export import GANGenerator
+
+RATE = {"wgan-gp": 5.0, "gan": 1.0, "r3gan": 2.5}  # stand-in seconds per generator step
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    """Chunks of 2 steps, WGAN-GP capped at 2 (its target never holds), 16-wide MLPs; train_chunk trains for real
+    and reports RATE seconds per step trained. Its call number `stop_at` trains one step short and is stopped."""
+    never = converged.Target("never", lambda m, f: False, chunk=2, max_steps=2)
+    monkeypatch.setattr(converged, "TARGETS", {"8gaussians": never})
+    config = "configs/8gaussians.yaml"  # two recipes: the second tried because the first misses the target
+    monkeypatch.setattr(converged, "RECIPES", {"8gaussians": {"8gaussians": config, "8gaussians-b": config}})
+    width = ["model.width=16", "train.batch_size=32", "log.every=1"]
+    losses = {loss: [*converged.LOSSES[loss], *width] for loss in RATE}
+    monkeypatch.setattr(converged, "LOSSES", losses)
+    monkeypatch.setattr(converged, "EQUAL_TIME", ("r3gan",))
+    monkeypatch.setattr(converged, "TOY_NUM", 300)
+    real, trained, calls = converged.train_chunk, {}, {"n": 0, "stop_at": None}
+
+    def clocked(keys: list[str], dataset: str, steps: int) -> float:
+        calls["n"] += 1
+        run_dir = next(k.split("=", 1)[1] for k in keys if k.startswith("run.dir="))
+        stop = calls["n"] == calls["stop_at"]
+        real(keys, dataset, steps - stop)  # stopped: its checkpoint a step short, as a SIGTERM leaves it
+        seconds, trained[run_dir] = (steps - stop - trained.get(run_dir, 0)) * RATE[Path(run_dir).name], steps - stop
+        if stop:
+            raise converged.Stopped(3.0)
+        return seconds
+
+    monkeypatch.setattr(converged, "train_chunk", clocked)
+    paths = {"runs": tmp_path / "runs", "out": tmp_path / "docs", "models": tmp_path / "models"}
+    return {"calls": calls, **paths}
+
+
+def budget(t: dict) -> int:
+    return converged.main(["8gaussians"], t["runs"], t["out"], t["models"], None)
+
+
+def progress(t: dict, loss: str, recipe: str = "8gaussians-b") -> dict:
+    return json.loads((t["runs"] / recipe / loss / "progress.json").read_text())
+
+
+def test_the_budget_trains_to_each_goal_ships_tabulates_and_continues_when_stopped(tiny: dict) -> None:
+    tiny["calls"]["stop_at"] = 3  # the GAN's chunk: stopped after a checkpoint at step 1
+    assert budget(tiny) == 75
+    gan = progress(tiny, "gan")
+    assert gan["chunks"] == [] and gan["interrupted_seconds"] == 3.0 and not gan["done"]
+    assert (tiny["runs"] / "8gaussians-b" / "gan" / "checkpoints" / "step-00000001").is_dir()
+    assert budget(tiny) == 0  # the same command continues
+    steps = {loss: [c["step"] for c in progress(tiny, loss)["chunks"]] for loss in RATE}
+    # WGAN-GP to its cap (2 steps, 10 s), both recipes; beside the second, the GAN to WGAN-GP's steps and R3GAN on
+    # to WGAN-GP's 10 s at 2.5 s a step
+    assert steps == {"wgan-gp": [2], "gan": [2], "r3gan": [2, 4]}
+    assert [c["step"] for c in progress(tiny, "wgan-gp", "8gaussians")["chunks"]] == [2]
+    assert sorted(p.parent.name for p in tiny["runs"].glob("*/*/progress.json")) == [
+        "gan",
+        "r3gan",
+        "wgan-gp",
+        "wgan-gp",
+    ]
+    seconds = {loss: converged.trained_seconds(progress(tiny, loss)) for loss in RATE}
+    assert seconds == {"wgan-gp": 10.0, "gan": 3.0 + 1 * 1.0, "r3gan": 10.0}  # stopped seconds count
+    for loss in RATE:
+        record = progress(tiny, loss)
+        assert record["done"] and record["converged"] is (False if loss == "wgan-gp" else None)
+        assert not (tiny["runs"] / "8gaussians-b" / loss / "checkpoints").exists()  # shipped: checkpoints gone
+        assert set(record["chunks"][-1]["metrics"]) >= {"modes_covered", "high_quality", "w1"}
+    # Only WGAN-GP's generators are exported; they load and sample
+    assert sorted(p.name for p in tiny["models"].iterdir()) == ["8gaussians-b-wgan-gp", "8gaussians-wgan-gp"]
+    card = (tiny["models"] / "8gaussians-b-wgan-gp" / "README.md").read_text()
+    assert "## Converged budget" in card and "not met (step cap) at generator step 2" in card
+    assert GANGenerator.from_pretrained(str(tiny["models"] / "8gaussians-b-wgan-gp")).sample(5, seed=0).shape == (5, 2)
+    pictures = {p.name for p in tiny["out"].glob("converged-*.png")}
+    names = ("b-gan", "b-r3gan", "b-r3gan-equal-time", "b-wgan-gp", "wgan-gp")
+    assert pictures == {f"converged-8gaussians-{name}.png" for name in names}
+    text = (tiny["out"] / "quality-converged.md").read_text()
+    equal_steps, equal_time = text.split("At equal wall-clock time")
+    rows = lambda part: re.findall(r"^\| (\S+) \| (\S+) \| never \| ([\d,]+) \| ([\d.]+) min", part, re.M)  # noqa: E731
+    first, second = "8gaussians", "8gaussians-b"
+    assert rows(equal_steps) == [(first, "wgan-gp", "2", "0.2"), (second, "wgan-gp", "2", "0.2"),
+                                 (second, "gan", "2", "0.1"), (second, "r3gan", "2", "0.1")]  # fmt: skip
+    assert rows(equal_time) == [(second, "wgan-gp", "2", "0.2"), (second, "r3gan", "4", "0.2")]
+    assert len(json.loads((tiny["out"] / "quality-converged.json").read_text())) == 4
+    # Finished: the same command again trains nothing and writes the same tables
+    calls = tiny["calls"]["n"]
+    assert budget(tiny) == 0 and tiny["calls"]["n"] == calls
+    assert (tiny["out"] / "quality-converged.md").read_text() == text
