@@ -112,7 +112,7 @@ def test_no_refusal_exists_twice() -> None:
     texts = refusal_texts()
     assert len(texts) > 60  # the parser's, the gate's and the run-time ones
     assert {text: where for text, where in texts.items() if len(where) > 1} == {}
-    gate = [text for text, where in texts.items() if where == ["trainer.core.gate"]]
+    gate = [text for text, where in texts.items() if where[0].startswith("trainer.core.gate")]
     assert len(gate) > 25 and any("cannot run under DeepSpeed" in text for text in gate)
 
 
