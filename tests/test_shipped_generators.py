@@ -55,3 +55,22 @@ def test_the_shipped_8_gaussians_generator_covers_every_mode() -> None:
     assert summary["modes_covered"] == 8 and summary["high_quality"] >= 0.9
     control = torch.randn(TOY_NUM, 2, generator=torch.Generator().manual_seed(0))  # unconverged: a blob
     assert mode_summary(high_quality_counts(control, *MODES["8gaussians"]), TOY_NUM)["modes_covered"] < 8
+
+
+DIGITS = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["data"] == "mnist5k"]
+
+
+@pytest.mark.parametrize("folder", DIGITS, ids=[p.name for p in DIGITS])
+def test_a_shipped_digits_generator_scores_again_as_its_run_did(folder: Path) -> None:
+    """Real digits: the exported generator scored again by trainer.metrics.evaluate (its own feature classifier,
+    trained here if not cached) lands on the classifier FD its run recorded, and its verdict on the target holds."""
+    from trainer.core.gate import configure
+    from trainer.metrics.evaluate import evaluate
+
+    progress = progress_of(folder)
+    last = progress["chunks"][-1]["metrics"]
+    cfg = configure(str(ROOT / progress["config"]), ("seed=0",))
+    scores = evaluate(GANGenerator.from_pretrained(str(folder)), cfg, None, 1000, "cpu")  # the budget's DIGITS_NUM
+    assert scores["classes_covered"] == last["classes_covered"]
+    assert scores["fd_classifier"] == pytest.approx(last["fd_classifier"], rel=0.05)  # a classifier retrained here
+    assert TARGETS["mnist5k"].met(scores, progress["floor"]) == bool(progress.get("converged"))
