@@ -85,7 +85,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "slow: long fuzz runs; skipped unless WGAN_GP_SLOW_TESTS=1 (CI runs a seeded subset)"
+        "markers", "slow: long fuzz runs, heavy builds; skipped unless WGAN_GP_SLOW_TESTS=1 (CI runs a seeded subset)"
     )
 
 

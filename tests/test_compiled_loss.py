@@ -123,6 +123,7 @@ def test_compiled_penalty_stays_float32_under_bf16() -> None:
     assert t.penalty.forward.func is fp32_forward
 
 
+@pytest.mark.slow  # a C++ build of inductor's kernels: ~1 min of CI; aot_eager covers the loss's compile path
 def test_inductor_compiled_losses_train_as_the_eager_step() -> None:
     """Inductor's fused C++ kernels: the same run to 1e-5/1e-6 (measured 1e-6 and 2e-8; 34 s on 2 cores with a cold
     inductor cache, 18 s warm)."""

@@ -88,3 +88,16 @@ def test_world_size_mismatch_is_refused(run_dir: Path) -> None:
     assert proc.returncode != 0
     assert "WORLD_SIZE=2" in proc.stderr and "torchrun --nproc_per_node 2" in proc.stderr
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_finished_run_leaves_its_process_group(tmp_path: Path) -> None:
+    """train.py destroys the process group after a good run or a stop (pytorch/pytorch#190489: gloo's threads can
+    abort an exiting process that did not); with no group it does nothing."""
+    from trainer.accel.runtime import leave_process_group
+
+    leave_process_group()  # no group: nothing to do
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    leave_process_group()
+    assert not torch.distributed.is_initialized()

@@ -125,9 +125,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(to_yaml(cfg), end="")  # stdout stays the config itself: `--print-config > x.yaml` round-trips
             print(resolved_defaults(cfg), end="", file=sys.stderr)
             return 0
+        from trainer.accel.runtime import leave_process_group
         from trainer.core.loop import train
 
         train(cfg)
+        leave_process_group()
     except TrainerError as err:
         report_error(err)
         return EXIT_USER_ERROR
@@ -143,6 +145,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         return EXIT_USER_ERROR
     except Preempted as stop:
+        from trainer.accel.runtime import leave_process_group
+
+        leave_process_group()  # every process stopped at the same step, after the checkpoint's barriers
         if os.environ.get("RANK", "0") == "0":
             print(
                 f"[wgan-gp] {stop}; continue with run.resume=latest (exit {EXIT_PREEMPTED})",

@@ -117,6 +117,15 @@ def elastic_process_group(backend: Optional[str], timeout: timedelta) -> None:
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
+def leave_process_group() -> None:
+    """Destroys the default process group once every process finished its run (or stopped after a checkpoint).
+    Without it, gloo's worker threads can still hold work while the interpreter shuts down, and the process aborts
+    after a good run (SIGABRT, "terminate called without an active exception": pytorch/pytorch#190489). Not after a
+    failure, where another process may still be inside a collective."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _own_address(host: str, port: int) -> str:
     """This machine's address on the route to torchrun's store (no packet is sent: a UDP socket only picks a route)."""
     try:
