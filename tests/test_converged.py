@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from trainer import converged
 from trainer.export import GANGenerator
@@ -30,14 +31,15 @@ def tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     monkeypatch.setattr(converged, "LOSSES", losses)
     monkeypatch.setattr(converged, "EQUAL_TIME", ("r3gan",))
     monkeypatch.setattr(converged, "TOY_NUM", 300)
-    real, trained, calls = converged.train_chunk, {}, {"n": 0, "stop_at": None}
+    real, calls = converged.train_chunk, {"n": 0, "stop_at": None}
 
     def clocked(keys: list[str], dataset: str, steps: int) -> float:
         calls["n"] += 1
         run_dir = next(k.split("=", 1)[1] for k in keys if k.startswith("run.dir="))
         stop = calls["n"] == calls["stop_at"]
+        before = max((int(c.name.split("-")[1]) for c in Path(run_dir).glob("checkpoints/step-*")), default=0)
         real(keys, dataset, steps - stop)  # stopped: its checkpoint a step short, as a SIGTERM leaves it
-        seconds, trained[run_dir] = (steps - stop - trained.get(run_dir, 0)) * RATE[Path(run_dir).name], steps - stop
+        seconds = (steps - stop - before) * RATE[Path(run_dir).name]
         if stop:
             raise converged.Stopped(3.0)
         return seconds
@@ -86,8 +88,10 @@ def test_the_budget_trains_to_each_goal_ships_tabulates_and_continues_when_stopp
     assert "## Converged budget" in card and "not met (step cap) at generator step 2" in card
     assert GANGenerator.from_pretrained(str(tiny["models"] / "8gaussians-b-wgan-gp")).sample(5, seed=0).shape == (5, 2)
     pictures = {p.name for p in tiny["out"].glob("converged-*.png")}
-    names = ("b-gan", "b-r3gan", "b-r3gan-equal-time", "b-wgan-gp", "wgan-gp")
+    names = ("b", "b-gan", "b-r3gan", "b-r3gan-equal-time", "b-wgan-gp", "wgan-gp")
     assert pictures == {f"converged-8gaussians-{name}.png" for name in names}
+    with Image.open(tiny["out"] / "converged-8gaussians-b.png") as row:  # the Figure 1 row: one panel per loss
+        assert row.size[0] > 2.5 * row.size[1]
     text = (tiny["out"] / "quality-converged.md").read_text()
     equal_steps, equal_time = text.split("At equal wall-clock time")
     rows = lambda part: re.findall(r"^\| (\S+) \| (\S+) \| never \| ([\d,]+) \| ([\d.]+) min", part, re.M)  # noqa: E731
@@ -100,3 +104,13 @@ def test_the_budget_trains_to_each_goal_ships_tabulates_and_continues_when_stopp
     calls = tiny["calls"]["n"]
     assert budget(tiny) == 0 and tiny["calls"]["n"] == calls
     assert (tiny["out"] / "quality-converged.md").read_text() == text
+    # A run with more to train whose checkpoints are gone (git keeps no checkpoints) is trained again from step 0,
+    # not "resumed" from nothing
+    path = tiny["runs"] / "8gaussians-b" / "r3gan" / "progress.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "chunks": record["chunks"][:1]}))
+    assert budget(tiny) == 0 and tiny["calls"]["n"] == calls + 2
+    again = progress(tiny, "r3gan")
+    assert [c["step"] for c in again["chunks"]] == [2, 4] and again["chunks"][0]["metrics"] == record["chunks"][0][
+        "metrics"
+    ]

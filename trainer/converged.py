@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
+from trainer.converged_report import annotate, panel, table, trained_seconds
 from trainer.recipes import CONFIGS, LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,12 +128,6 @@ class Goal:
     seconds: float = 0.0
 
 
-def trained_seconds(progress: dict, upto: Optional[int] = None) -> float:
-    """Seconds of training (train.py start-up included) up to generator step `upto` (None: all of it)."""
-    chunks = [c for c in progress["chunks"] if upto is None or c["step"] <= upto]
-    return sum(c["seconds"] for c in chunks) + (progress["interrupted_seconds"] if upto is None else 0.0)
-
-
 def next_step(progress: dict, target: Target, goal: Goal) -> Optional[int]:
     """The generator step the next chunk trains to, or None when the run has reached its goal."""
     chunks = progress["chunks"]
@@ -155,6 +150,10 @@ def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[st
     keys = base_overrides(dataset, loss, run_dir, target.chunk)
     path = run_dir / "progress.json"
     progress = json.loads(path.read_text()) if path.is_file() else None
+    if progress and progress["chunks"] and not (run_dir / "checkpoints").is_dir():
+        if next_step(progress, target, goal) is not None:  # more to train, nothing to resume: again from step 0
+            print(f"{run_dir}: its checkpoints are gone (not kept in git); training it again from step 0", flush=True)
+            progress = None
     if progress is None or _portable(progress["overrides"]) != _portable(keys):
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
@@ -206,62 +205,6 @@ def ship(progress: dict, runs: Path, models: Path, out: Path, steps: int) -> Non
     shutil.rmtree(run_dir / "checkpoints")
 
 
-def annotate(card: Path, progress: dict) -> None:
-    """The model card's section on the budget that trained it: target, steps, wall time, last figures, how to
-    score it again (appended once)."""
-    text = card.read_text()
-    if "## Converged budget" in text:
-        return
-    last, seconds = (
-        progress["chunks"][-1],
-        sum(c["seconds"] for c in progress["chunks"]) + progress["interrupted_seconds"],
-    )
-    met = {True: "met", False: "not met (step cap)", None: "a baseline at WGAN-GP's steps"}[progress.get("converged")]
-    figures = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in last["metrics"].items())
-    text += (
-        f"\n## Converged budget\n\n`python -m trainer.reproduce --budget converged` (trainer/converged.py): "
-        f"{progress['loss']} on {progress['dataset']}, seed 0, target *{progress['target']}*: {met} at generator step "
-        f"{last['step']:,} after {seconds / 60:.1f} min of training on one CPU thread (scored every "
-        f"{last['step'] // len(progress['chunks']):,} steps). Real-vs-real floor of the target's figure: "
-        f"{progress['floor']:.6g}.\n\n| metric (trainer.metrics.evaluate, seed 0) | value |\n|---|---|\n{figures}\n\n"
-        f"Score it again: `GANGenerator.from_pretrained(FOLDER).sample(N, seed=0)` draws the same noise as the "
-        f"scorer (`torch.randn(N, z_dim)` from `torch.Generator().manual_seed(0)`).\n"
-    )
-    card.write_text(text)
-
-
-def row(r: dict, step: int) -> str:
-    """One table row: a run's figures at generator step `step` and its training minutes up to there."""
-    m = next(c for c in r["chunks"] if c["step"] == step)["metrics"]
-    minutes = trained_seconds(r, None if step == r["chunks"][-1]["step"] else step) / 60
-    cell = lambda key, fmt: format(m[key], fmt) if key in m else "-"  # noqa: E731
-    met = {True: "yes", False: "no", None: "(baseline)"}[r.get("converged")]
-    fd = f"{m['fd_classifier']:.2f} ({m['fd_classifier'] / r['floor']:.2f}x)" if "fd_classifier" in m else "-"
-    w1 = f"{m['w1']:.4f} ({m['w1'] / r['floor']:.2f}x)" if "w1" in m else "-"
-    return (f"| {r['recipe']} | {r['loss']} | {r['target']} | {step:,} | {minutes:.1f} min | {met} | "
-            f"{cell('modes_covered', '.0f')} | {cell('high_quality', '.3f')} | {w1} | {fd} | "
-            f"{cell('classes_covered', '.0f')} |")  # fmt: skip
-
-
-def table(records: list[dict]) -> str:
-    """At equal generator steps (WGAN-GP's), then, for the runs extended past them, at equal wall-clock time."""
-    head = ["| data | loss | target | steps | wall time | met | modes | high-quality | W1 | classifier FD | classes |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    steps = {r["recipe"]: r["chunks"][-1]["step"] for r in records if r["loss"] == "wgan-gp"}
-    equal = [
-        row(r, steps[r["recipe"]]) for r in records if any(c["step"] == steps.get(r["recipe"]) for c in r["chunks"])
-    ]
-    lines = ["At equal generator steps (WGAN-GP's converged steps):", "", *head, *equal]
-    longer = [r for r in records if r["chunks"][-1]["step"] > steps.get(r["recipe"], float("inf"))]
-    if longer:
-        lines += ["", "At equal wall-clock time (as many steps as fit in WGAN-GP's seconds, beside WGAN-GP's row):", "",
-                  *head]  # fmt: skip
-        for recipe in dict.fromkeys(r["recipe"] for r in longer):
-            lines += [row(r, r["chunks"][-1]["step"]) for r in records
-                      if r["recipe"] == recipe and (r["loss"] == "wgan-gp" or r in longer)]  # fmt: skip
-    return "\n".join(lines)
-
-
 EQUAL_TIME = ("gan-r1", "r3gan")  # the modern objectives, also trained for WGAN-GP's seconds
 
 
@@ -285,6 +228,8 @@ def main(datasets: list[str], runs: Path, out: Path, models: Path, cache_dir: Op
                 records[wgan["recipe"], loss] = progress
                 if loss not in EQUAL_TIME:
                     ship(progress, runs, models, out, wgan["chunks"][-1]["step"])
+            beside_runs = [r for (recipe, _), r in records.items() if recipe == wgan["recipe"]]
+            panel(runs, beside_runs, wgan["chunks"][-1]["step"], out)
         for dataset, wgan in beside.items():
             goal = Goal(wgan["chunks"][-1]["step"], trained_seconds(wgan))
             for loss in EQUAL_TIME:
