@@ -13,8 +13,13 @@ def trained_seconds(progress: dict, upto: Optional[int] = None) -> float:
     return sum(c["seconds"] for c in chunks) + (progress["interrupted_seconds"] if upto is None else 0.0)
 
 
+def metrics_at(r: dict, step: int) -> dict:
+    """A run's scores at generator step `step` (one of its chunks)."""
+    return next(c for c in r["chunks"] if c["step"] == step)["metrics"]
+
+
 def caption(r: dict, step: int) -> str:
-    m = next(c for c in r["chunks"] if c["step"] == step)["metrics"]
+    m = metrics_at(r, step)
     if "fd_classifier" in m:
         fd = m["fd_classifier"]
         return f"{r['loss']}: FD {fd:.1f} ({fd / r['floor']:.1f}x), {m['classes_covered']:.0f}/10 classes"
@@ -51,10 +56,7 @@ def annotate(card: Path, progress: dict) -> None:
     text = card.read_text()
     if "## Converged budget" in text:
         return
-    last, seconds = (
-        progress["chunks"][-1],
-        sum(c["seconds"] for c in progress["chunks"]) + progress["interrupted_seconds"],
-    )
+    last, seconds = progress["chunks"][-1], trained_seconds(progress)
     met = {True: "met", False: "not met (step cap)", None: "a baseline at WGAN-GP's steps"}[progress.get("converged")]
     figures = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in last["metrics"].items())
     text += (
@@ -71,7 +73,7 @@ def annotate(card: Path, progress: dict) -> None:
 
 def row(r: dict, step: int) -> str:
     """One table row: a run's figures at generator step `step` and its training minutes up to there."""
-    m = next(c for c in r["chunks"] if c["step"] == step)["metrics"]
+    m = metrics_at(r, step)
     minutes = trained_seconds(r, None if step == r["chunks"][-1]["step"] else step) / 60
     cell = lambda key, fmt: format(m[key], fmt) if key in m else "-"  # noqa: E731
     met = {True: "yes", False: "no", None: "(baseline)"}[r.get("converged")]
