@@ -50,7 +50,8 @@ TARGETS = {
     "25gaussians": Target(">= 24/25 modes", lambda m, f: m["modes_covered"] >= 24, 2000, 40000),
     "swissroll": Target("W1 <= 1.5x real-vs-real", lambda m, f: m["w1"] <= 1.5 * f, 2000, 40000),
 }  # fmt: skip
-ORDER = ("8gaussians", "mnist5k", "25gaussians", "swissroll")  # the issue's headline results first
+# The toys first: they converge within the cap at the paper's settings; the digits' recipes are slower to settle.
+ORDER = ("8gaussians", "25gaussians", "swissroll", "mnist5k")
 # Each dataset's WGAN-GP recipes (run folder name: config), tried in turn: the next one only when the one before
 # reached its step cap short of the target. The baselines train beside the one that met it (or the last one).
 RECIPES = {name: {name: config} for name, config in CONFIGS.items()}
