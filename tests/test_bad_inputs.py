@@ -120,6 +120,12 @@ OVERRIDES: list[tuple[str, list[str], list[str]]] = [
     ("tracker-unknown", ["log.tracker=mlflow"], ["log.tracker", "wandb"]),
     ("crop-unknown", ["data.crop=square"], ["data.crop", "center"]),
     ("schedule-unknown", ["optim.schedule=cosine"], ["optim.schedule", "linear"]),
+    ("schedule-steps-0", ["train.schedule_steps=0"], ["train.schedule_steps=0"]),
+    (
+        "schedule-steps-short",
+        ["optim.schedule=linear", "train.steps=10", "train.schedule_steps=5"],
+        ["train.schedule_steps=5", "learning rates to 0"],
+    ),
     ("size-unmade", ["data.image_size=28"], ["data.image_size=28", "8, 16, 32, 64"]),
     ("toy-on-images", ["model.name=toy"], ["model.name=toy", "digits"]),
     ("conditional-toy", ["data.name=8gaussians", "model.name=toy", "model.conditional=true"], ["model.conditional"]),

@@ -43,3 +43,20 @@ def test_conditional_resume_with_schedule_is_bitwise(tmp_path: Path) -> None:
     b = load_file(str(resumed / "checkpoints/step-00000002/model_1.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [m["lr_d"] for m in read_metrics(resumed)] == [m["lr_d"] for m in read_metrics(straight)][1:]
+
+
+def test_a_run_trained_in_chunks_on_one_horizon_is_the_run_trained_in_one_go(tmp_path: Path) -> None:
+    """train.schedule_steps fixes the linear schedule's span, so a run extended chunk by chunk (run.resume=latest
+    with a higher train.steps, as trainer.converged does) follows the schedule of a run trained in one go."""
+    straight, chunked, unfixed = tmp_path / "straight", tmp_path / "chunked", tmp_path / "unfixed"
+    ok(python_train(f"run.dir={straight}", "train.steps=3", *COND))
+    ok(python_train(f"run.dir={chunked}", "train.steps=2", "train.schedule_steps=3", *COND))
+    ok(python_train(f"run.dir={chunked}", "train.steps=3", "train.schedule_steps=3", "run.resume=latest", *COND))
+    ok(python_train(f"run.dir={unfixed}", "train.steps=2", *COND))
+    a = load_file(str(straight / "checkpoints/step-00000003/model_1.safetensors"))
+    b = load_file(str(chunked / "checkpoints/step-00000003/model_1.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rates = [m["lr_d"] for m in read_metrics(straight)]
+    assert rates == pytest.approx([1e-4, 1e-4 * 2 / 3, 1e-4 / 3])  # 1 - (s - 1) / 3 at step s
+    assert [m["lr_d"] for m in read_metrics(chunked)] == rates
+    assert [m["lr_d"] for m in read_metrics(unfixed)] == pytest.approx([1e-4, 5e-5])  # the control: its own span

@@ -70,7 +70,7 @@ class LossConfig:
     penalty_fraction: float = 1.0  # share of the critic batch the penalty uses (changes the math); 1 = all (the paper)
     lazy_penalty: int = 1  # penalty every k-th critic step, weight lambda * k (changes the math); 1 = always (paper)
     gamma: Optional[float] = None  # zero-centred R1/R2's gamma (gan-r1, r3gan): gamma/2 E||grad||^2; None = paper's
-    gamma_final: Optional[float] = None  # gamma at train.steps, reached by a cosine decay (R3GAN); None = constant
+    gamma_final: Optional[float] = None  # gamma at train.schedule_steps, by a cosine decay (R3GAN); None = constant
 
 
 @dataclass
@@ -79,7 +79,9 @@ class OptimConfig:
     lr_d: Optional[float] = None  # critic learning rate; None = the loss's paper default
     lr_g: Optional[float] = None  # generator learning rate; None = the loss's paper default
     betas: Optional[list[float]] = None  # Adam betas; None = the loss's paper default ((0, 0.9) for WGAN-GP)
-    schedule: str = "constant"  # learning-rate factor per generator step: constant (1) | linear (1 - step/steps to 0)
+    schedule: str = (
+        "constant"  # lr factor per generator step: constant (1) | linear (1 - step/train.schedule_steps to 0)
+    )
 
 
 @dataclass
@@ -88,6 +90,7 @@ class TrainConfig:
     batch_size: int = 64  # per process, for both critic and generator steps
     batch_size_g: int = 0  # per process, generator steps only (128 in the paper's CIFAR code); 0 = train.batch_size
     n_critic: int = 5  # critic steps per generator step
+    schedule_steps: Optional[int] = None  # generator steps optim.schedule and loss.gamma_final span; None = train.steps
     ema_decay: float = 0.999  # EMA of generator weights; 0 = no EMA
     precision: Optional[str] = None  # no | bf16 | fp16; None = what `accelerate launch` was told
     cpu: bool = False  # force CPU even when a GPU is present

@@ -25,7 +25,7 @@ from trainer.core.ema import EMA
 from trainer.core.guard import NonFiniteGuard
 from trainer.core.inputs import Draws
 from trainer.core.losses import LOSSES, LossSpec, Objective, Penalty, acgan_critic_term, drift_term
-from trainer.core.schedule import lr_factor
+from trainer.core.schedule import horizon, lr_factor
 from trainer.core.step import (
     StepParts,
     Update,
@@ -106,7 +106,7 @@ class Training:
 
     def apply_schedule(self) -> None:
         """Sets both learning rates for the coming generator step: a pure function of the step, so resume is exact."""
-        factor = lr_factor(self.cfg.optim.schedule, self.step, self.cfg.train.steps)
+        factor = lr_factor(self.cfg.optim.schedule, self.step, horizon(self.cfg))
         for optimizer in (self.opt_g, self.opt_d):
             for group in optimizer.param_groups:
                 group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
@@ -220,7 +220,7 @@ def make_penalties(cfg: Config, spec: LossSpec, critic: nn.Module, timer: PhaseT
         if not gamma > 0:
             return []
         final = cfg.loss.gamma_final
-        schedule = None if final is None else partial(cosine_decay, final / gamma, cfg.train.steps)
+        schedule = None if final is None else partial(cosine_decay, final / gamma, horizon(cfg))
         sides = {"real": "r1", "fake": "r2"} if spec.penalty == "r1r2" else {"real": "r1"}
         return [Penalty(weight=gamma / 2, at=at, centre=0.0, name=name, schedule=schedule, **common)
                 for at, name in sides.items()]  # fmt: skip

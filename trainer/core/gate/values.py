@@ -130,6 +130,17 @@ def numbers(cfg: Config) -> None:
     zero_or_more = ("log.sample_every", "checkpoint.every", "checkpoint.keep", "model.width", "train.cpu_threads")
     for key in (*zero_or_more, "train.max_nonfinite"):
         at_least(key, OmegaConf.select(node, key), 0, "0 or more")
+    schedule_steps = cfg.train.schedule_steps
+    if schedule_steps is not None:
+        at_least("train.schedule_steps", schedule_steps, 1, "at least 1 (None = train.steps)")
+        if schedule_steps > LIMITS["train.steps"]:
+            raise TrainerError(f"train.schedule_steps={schedule_steps:,} is beyond any sensible run: at most 10**10.")
+        if cfg.optim.schedule == "linear" and cfg.train.steps > schedule_steps:
+            raise TrainerError(
+                f"train.steps={cfg.train.steps} runs past train.schedule_steps={schedule_steps}, where the linear "
+                f"schedule has taken both learning rates to 0: the steps after it would train nothing. Raise "
+                f"train.schedule_steps to at least train.steps, or lower train.steps."
+            )
     at_least("train.timeout_s", cfg.train.timeout_s, 1, "at least 1 (seconds; 600 by default)")
     if not 0 <= cfg.train.ema_decay < 1:
         raise TrainerError(f"train.ema_decay={cfg.train.ema_decay} is impossible: it must be in [0, 1) (0 = off).")
