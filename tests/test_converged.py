@@ -114,3 +114,18 @@ def test_the_budget_trains_to_each_goal_ships_tabulates_and_continues_when_stopp
     assert [c["step"] for c in again["chunks"]] == [2, 4] and again["chunks"][0]["metrics"] == record["chunks"][0][
         "metrics"
     ]
+
+
+def test_a_recipe_with_a_fixed_schedule_span_stops_there(tmp_path: Path) -> None:
+    """A recipe whose learning rates decay to 0 at train.schedule_steps is capped there (a chunk past it would train
+    nothing, and the gate refuses it), in whole chunks or the part of one left; no span leaves the dataset's cap."""
+    config = tmp_path / "span.yaml"
+    config.write_text("train:\n  schedule_steps: 5000\n")
+    assert converged.span(str(config)) == 5000 and converged.span("configs/mnist5k-mlp.yaml") == float("inf")
+    assert converged.span("configs/mnist5k-mlp-fast.yaml") == 20000
+    cap = min(40000, converged.span(str(config)))
+    target = converged.Target("never", lambda m, f: False, chunk=2000, max_steps=cap)
+    progress = {"floor": 1.0, "chunks": [{"step": s, "seconds": 1.0, "metrics": {}} for s in (2000, 4000)]}
+    assert converged.next_step(progress, target, converged.Goal()) == 5000  # the part of a chunk left
+    progress["chunks"].append({"step": 5000, "seconds": 1.0, "metrics": {}})
+    assert converged.next_step(progress, target, converged.Goal()) is None
