@@ -129,3 +129,24 @@ def test_a_recipe_with_a_fixed_schedule_span_stops_there(tmp_path: Path) -> None
     assert converged.next_step(progress, target, converged.Goal()) == 5000  # the part of a chunk left
     progress["chunks"].append({"step": 5000, "seconds": 1.0, "metrics": {}})
     assert converged.next_step(progress, target, converged.Goal()) is None
+
+
+def test_a_baseline_beside_a_recipe_with_its_own_rates_trains_with_its_papers_optimizer(tmp_path: Path) -> None:
+    """mnist5k-mlp-fast sets WGAN-GP's rates and schedule; the baselines beside it reset exactly those keys to their
+    loss's paper defaults, and a recipe that sets none keeps the keys its finished runs were recorded with."""
+    from trainer.core.gate import configure
+
+    fast = "configs/mnist5k-mlp-fast.yaml"
+    keys = converged.base_overrides("mnist5k", "gan", tmp_path, 2000, fast)
+    cfg = configure(str(converged.ROOT / fast), tuple(keys))
+    assert (cfg.optim.lr_d, cfg.optim.lr_g, cfg.optim.schedule, cfg.train.schedule_steps) == (
+        None,
+        None,
+        "constant",
+        None,
+    )
+    assert converged.base_overrides("mnist5k", "wgan-gp", tmp_path, 2000, fast) == converged.base_overrides(
+        "mnist5k", "wgan-gp", tmp_path, 2000
+    )
+    toy = converged.base_overrides("8gaussians", "gan", tmp_path, 2000, "configs/8gaussians.yaml")
+    assert toy == converged.base_overrides("8gaussians", "gan", tmp_path, 2000)

@@ -84,8 +84,22 @@ def span(config: str) -> float:
     return steps if steps else float("inf")
 
 
-def base_overrides(dataset: str, loss: str, run_dir: Path, chunk: int) -> list[str]:
+# A recipe's own optimizer settings are WGAN-GP's; a baseline beside it trains with its loss's paper optimizer.
+OPTIMIZER_KEYS = {
+    "optim.lr_d": "null",
+    "optim.lr_g": "null",
+    "optim.schedule": "constant",
+    "train.schedule_steps": "null",
+}
+
+
+def base_overrides(dataset: str, loss: str, run_dir: Path, chunk: int, config: Optional[str] = None) -> list[str]:
     keys = [*LOSSES[loss], "seed=0", f"run.dir={run_dir}", "train.cpu_threads=1", "log.tracker=none"]
+    if loss != "wgan-gp" and config is not None:  # only the keys the recipe sets, so other runs' keys stay as they were
+        from omegaconf import OmegaConf
+
+        recipe = OmegaConf.load(ROOT / config)
+        keys += [f"{k}={v}" for k, v in OPTIMIZER_KEYS.items() if OmegaConf.select(recipe, k) is not None]
     return keys + [f"checkpoint.every={chunk}", "checkpoint.keep=1", f"log.sample_every={chunk}", "eval.every=0"]
 
 
@@ -160,7 +174,7 @@ def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[st
     progress record (chunks: step, seconds, metrics; floor; converged: WGAN-GP's target met, None for a baseline)."""
     target, run_dir, config = TARGETS[dataset], runs / recipe / loss, RECIPES[dataset][recipe]
     target = replace(target, max_steps=min(target.max_steps, span(config)))
-    keys = base_overrides(dataset, loss, run_dir, target.chunk)
+    keys = base_overrides(dataset, loss, run_dir, target.chunk, config)
     path = run_dir / "progress.json"
     progress = json.loads(path.read_text()) if path.is_file() else None
     if progress and progress["chunks"] and not (run_dir / "checkpoints").is_dir():
