@@ -150,3 +150,17 @@ def test_a_baseline_beside_a_recipe_with_its_own_rates_trains_with_its_papers_op
     )
     toy = converged.base_overrides("8gaussians", "gan", tmp_path, 2000, "configs/8gaussians.yaml")
     assert toy == converged.base_overrides("8gaussians", "gan", tmp_path, 2000)
+
+
+def test_the_table_holds_every_run_folder_in_the_budgets_order(tmp_path: Path) -> None:
+    """The tables are written from every run folder's progress.json (a `--datasets` subset keeps the other rows),
+    in the budget's order, leaving out a run stopped before its first score."""
+    runs = {("swissroll", "swissroll", "gan"): [1], ("8gaussians", "8gaussians", "gan"): [1],
+            ("8gaussians", "8gaussians", "wgan-gp"): [1], ("mnist5k", "mnist5k", "wgan-gp"): []}  # fmt: skip
+    for (dataset, recipe, loss), chunks in runs.items():
+        folder = tmp_path / recipe / loss
+        folder.mkdir(parents=True)
+        record = {"dataset": dataset, "recipe": recipe, "loss": loss, "chunks": [{"step": s} for s in chunks]}
+        (folder / "progress.json").write_text(json.dumps(record))
+    order = [(r["dataset"], r["loss"]) for r in converged.every_record(tmp_path)]
+    assert order == [("8gaussians", "wgan-gp"), ("8gaussians", "gan"), ("swissroll", "gan")]

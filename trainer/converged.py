@@ -232,6 +232,19 @@ def ship(progress: dict, runs: Path, models: Path, out: Path, steps: int) -> Non
     shutil.rmtree(run_dir / "checkpoints")
 
 
+def every_record(runs: Path) -> list[dict]:
+    """Every run folder's progress record under `runs` with a scored chunk, in the budget's order: dataset, recipe,
+    loss."""
+    found = [r for p in runs.glob("*/*/progress.json") if (r := json.loads(p.read_text()))["chunks"]]
+
+    def rank(r: dict) -> tuple[int, int, int]:
+        recipes, losses = list(RECIPES.get(r["dataset"], {})), list(LOSSES)
+        where = lambda seq, x: seq.index(x) if x in seq else len(seq)  # noqa: E731
+        return where(list(ORDER), r["dataset"]), where(recipes, r.get("recipe")), where(losses, r["loss"])
+
+    return sorted(found, key=rank)
+
+
 EQUAL_TIME = ("gan-r1", "r3gan")  # the modern objectives, also trained for WGAN-GP's seconds
 
 
@@ -267,8 +280,9 @@ def main(datasets: list[str], runs: Path, out: Path, models: Path, cache_dir: Op
         return 75
     finally:
         if records:
-            text = table(list(records.values()))
+            every = every_record(runs)  # this command's runs and those earlier ones left (another --datasets)
+            text = table(every)
             (out / "quality-converged.md").write_text(text + "\n")
-            (out / "quality-converged.json").write_text(json.dumps(list(records.values()), indent=1))
+            (out / "quality-converged.json").write_text(json.dumps(every, indent=1))
             print(text, flush=True)
     return 0
