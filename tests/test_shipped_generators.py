@@ -36,7 +36,7 @@ def test_a_shipped_generator_scores_again_as_its_run_did(folder: Path) -> None:
         not progress.get("converged")
     )
     if generator.data not in MODES:
-        pytest.skip(f"{generator.data}: re-scored by trainer.metrics.evaluate in its own test")
+        pytest.skip(f"{generator.data}: no modes to count; re-scored by trainer.metrics.evaluate in its own test")
     points = generator.sample(TOY_NUM, seed=0)  # the scorer's noise: seed 0, TOY_NUM draws
     centres, std = MODES[generator.data]
     mine = mode_summary(high_quality_counts(points, centres, std), TOY_NUM)
@@ -74,3 +74,21 @@ def test_a_shipped_digits_generator_scores_again_as_its_run_did(folder: Path) ->
     assert scores["classes_covered"] == last["classes_covered"]
     assert scores["fd_classifier"] == pytest.approx(last["fd_classifier"], rel=0.05)  # a classifier retrained here
     assert TARGETS["mnist5k"].met(scores, progress["floor"]) == bool(progress.get("converged"))
+
+
+SPREAD = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["data"] not in (*MODES, "mnist5k")]
+
+
+@pytest.mark.parametrize("folder", SPREAD, ids=[p.name for p in SPREAD])
+def test_a_shipped_toy_without_modes_scores_its_w1_again(folder: Path) -> None:
+    """A toy scored by its W1 (the Swiss roll): the exported generator, scored again by trainer.metrics.evaluate on
+    the budget's TOY_NUM samples, gives the exact W1 its run recorded, and the same verdict on the target."""
+    from trainer.core.gate import configure
+    from trainer.metrics.evaluate import evaluate
+
+    progress = progress_of(folder)
+    last = progress["chunks"][-1]["metrics"]
+    cfg = configure(str(ROOT / progress["config"]), ("seed=0",))
+    scores = evaluate(GANGenerator.from_pretrained(str(folder)), cfg, None, TOY_NUM, "cpu")
+    assert scores["w1"] == pytest.approx(last["w1"], rel=1e-5)
+    assert TARGETS[progress["dataset"]].met(scores, progress["floor"]) == bool(progress.get("converged"))
