@@ -79,9 +79,7 @@ class OptimConfig:
     lr_d: Optional[float] = None  # critic learning rate; None = the loss's paper default
     lr_g: Optional[float] = None  # generator learning rate; None = the loss's paper default
     betas: Optional[list[float]] = None  # Adam betas; None = the loss's paper default ((0, 0.9) for WGAN-GP)
-    schedule: str = (
-        "constant"  # lr factor per generator step: constant (1) | linear (1 - step/train.schedule_steps to 0)
-    )
+    schedule: str = "constant"  # lr factor by generator step: constant (1) | linear (1 - step/train.schedule_steps)
 
 
 @dataclass

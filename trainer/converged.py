@@ -75,13 +75,17 @@ def floor(dataset: str, config: str, cache_dir: Optional[str]) -> float:
     return real_w1(dataset, TOY_NUM, reference_seed=1, draws=FLOOR_DRAWS)
 
 
+def recipe_key(config: str, key: str):
+    """A key as the recipe's config file sets it (None where it leaves the default)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(OmegaConf.load(ROOT / config), key)
+
+
 def span(config: str) -> float:
     """A recipe's fixed schedule span (train.schedule_steps): its learning rates reach 0 there, so it is the run's
     cap; no span, no cap of its own."""
-    from omegaconf import OmegaConf
-
-    steps = OmegaConf.select(OmegaConf.load(ROOT / config), "train.schedule_steps")
-    return steps if steps else float("inf")
+    return recipe_key(config, "train.schedule_steps") or float("inf")
 
 
 # A recipe's own optimizer settings are WGAN-GP's; a baseline beside it trains with its loss's paper optimizer.
@@ -96,10 +100,7 @@ OPTIMIZER_KEYS = {
 def base_overrides(dataset: str, loss: str, run_dir: Path, chunk: int, config: Optional[str] = None) -> list[str]:
     keys = [*LOSSES[loss], "seed=0", f"run.dir={run_dir}", "train.cpu_threads=1", "log.tracker=none"]
     if loss != "wgan-gp" and config is not None:  # only the keys the recipe sets, so other runs' keys stay as they were
-        from omegaconf import OmegaConf
-
-        recipe = OmegaConf.load(ROOT / config)
-        keys += [f"{k}={v}" for k, v in OPTIMIZER_KEYS.items() if OmegaConf.select(recipe, k) is not None]
+        keys += [f"{k}={v}" for k, v in OPTIMIZER_KEYS.items() if recipe_key(config, k) is not None]
     return keys + [f"checkpoint.every={chunk}", "checkpoint.keep=1", f"log.sample_every={chunk}", "eval.every=0"]
 
 
