@@ -75,9 +75,17 @@ class Job:
 
     def release_requeued(self, restarts: int, timeout: float = 60) -> None:
         """Waits for the self-requeue and lifts SLURM's hold on a requeued job (EligibleTime = requeue + 2 min)."""
+        self.wait_requeued(restarts, timeout)
+        self.release()
+
+    def wait_requeued(self, restarts: int, timeout: float = 60) -> None:
+        """Waits until the job has requeued itself `restarts` times and its last attempt has left the node."""
         self.wait_until(lambda i: i.get("Restarts") == str(restarts) and i.get("Reason") == "BeginTime",
                         timeout, f"requeued (restart {restarts})")  # fmt: skip
         self.wait_until(lambda _: _nodes_idle(), 30, "off its node")
+
+    def release(self) -> None:
+        """Lifts SLURM's hold on a requeued job."""
         # slurmd rejects a credential issued in the second it revoked the last one for this job id; the hold is
         # SLURM's own guard against that, so keep a margin of it.
         time.sleep(2)
@@ -154,10 +162,24 @@ def test_preempted_and_hung_job_requeues_itself_and_resumes(tmp_path: Path) -> N
     )
     try:
         _wait_for_step(job, run_dir, 1)
-        subprocess.run(["scancel", "--batch", "--signal=USR1", job.id], check=True)  # the --signal=B:USR1@120 path
-        job.release_requeued(restarts=1)
-        preempted = min(int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*"))
-        assert 0 < preempted < every, f"the preemption checkpoint should come before the periodic ones: {preempted}"
+        # Both ranks stand still while USR1 travels (batch shell, srun, launcher), so the step it lands on is known
+        # however fast this machine trains; briefly, well inside the process group's timeout.
+        workers = [_worker_pid(run_dir, rank) for rank in (0, 1)]
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            signalled, sent_at = _metrics_step(run_dir), time.monotonic()
+            subprocess.run(["scancel", "--batch", "--signal=USR1", job.id], check=True)  # the --signal=B:USR1@120 path
+            job.wait_until(lambda _: "closing signal SIGUSR1" in job.text(), TIMEOUT_S - 2, "relaying USR1")
+            relayed_s = time.monotonic() - sent_at
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        job.wait_requeued(restarts=1)
+        preempted = max(int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*"))
+        # The step in flight when they stopped, at most, then the one they agree to stop after.
+        assert signalled <= preempted <= signalled + 2, f"USR1 at step {signalled}, checkpoint at {preempted}"
+        job.release()
 
         _wait_for_step(job, run_dir, every + 5)  # past a periodic checkpoint, so this attempt saved progress
         hung = _worker_pid(run_dir, rank=1)
@@ -182,4 +204,5 @@ def test_preempted_and_hung_job_requeues_itself_and_resumes(tmp_path: Path) -> N
     assert [m["step"] for m in metrics] == list(range(1, steps + 1)), "a step is missing or logged twice"
     assert {m["world_size"] for m in metrics} == {2}
     _final_checkpoint(run_dir, steps)
-    print(f"preempted at step {preempted}; hung rank reported after {seconds_to_error:.1f} s")
+    print(f"USR1 relayed in {relayed_s:.1f} s, checkpoint at step {preempted} (signalled at {signalled}); "
+          f"hung rank reported after {seconds_to_error:.1f} s")
