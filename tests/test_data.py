@@ -42,12 +42,16 @@ def test_toys_are_seeded(sample):
 
 
 def test_digits_uint8_and_batches_scale():
+    """The digits are read from scikit-learn's CSV without importing it: the same images and labels as its loader."""
     from sklearn.datasets import load_digits
 
-    images = load_digits_uint8()
+    from trainer.data.registry import load_digits_labelled
+
+    images, labels = load_digits_labelled()
+    assert torch.equal(load_digits_uint8(), images)
     assert images.dtype == torch.uint8 and images.shape == (1797, 1, 8, 8)
     expected = torch.from_numpy(load_digits().images * 255 / 16).round().to(torch.uint8)
-    assert torch.equal(images[:, 0], expected)
+    assert torch.equal(images[:, 0], expected) and torch.equal(labels, torch.from_numpy(load_digits().target))
     batches = ImageBatches(images, 1797, rank=0, world=1, seed=0)
     order = batches.shard(0).clone()
     batch = batches.next()

@@ -6,10 +6,13 @@ a DataLoader. Both walk the same sharded, resumable order (trainer.data.batches)
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -35,11 +38,24 @@ def load_digits_uint8() -> Tensor:
 
 
 def load_digits_labelled() -> tuple[Tensor, Tensor]:
-    from sklearn.datasets import load_digits
+    images, target = _digits_arrays()
+    images = torch.from_numpy(images).float()
+    return (images * (255 / 16)).round().to(torch.uint8).unsqueeze(1), torch.from_numpy(target).long()
 
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float()
-    return (images * (255 / 16)).round().to(torch.uint8).unsqueeze(1), torch.from_numpy(digits.target).long()
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) float64 images and int targets, as sklearn.datasets.load_digits() returns them: read from the
+    CSV file it reads (np.loadtxt, the same call), without importing scikit-learn, which costs a second a start."""
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if csv is None or not csv.is_file():  # another scikit-learn layout: its own loader
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(csv, mode="rt", encoding="utf-8") as handle:
+        data = np.loadtxt(handle, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
 
 
 DIGITS_HELD_OUT_PER_CLASS = 30  # 300 of the 1,797 digits held out (stratified, fixed): the real-vs-real baseline
