@@ -204,5 +204,7 @@ def test_preempted_and_hung_job_requeues_itself_and_resumes(tmp_path: Path) -> N
     assert [m["step"] for m in metrics] == list(range(1, steps + 1)), "a step is missing or logged twice"
     assert {m["world_size"] for m in metrics} == {2}
     _final_checkpoint(run_dir, steps)
-    print(f"USR1 relayed in {relayed_s:.1f} s, checkpoint at step {preempted} (signalled at {signalled}); "
-          f"hung rank reported after {seconds_to_error:.1f} s")
+    print(
+        f"USR1 relayed in {relayed_s:.1f} s, checkpoint at step {preempted} (signalled at {signalled}); "
+        f"hung rank reported after {seconds_to_error:.1f} s"
+    )
