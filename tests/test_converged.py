@@ -152,6 +152,36 @@ def test_a_baseline_beside_a_recipe_with_its_own_rates_trains_with_its_papers_op
     assert toy == converged.base_overrides("8gaussians", "gan", tmp_path, 2000)
 
 
+def test_baselines_train_beside_the_recipe_that_met_the_target_or_came_closest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No recipe meets the digits' target: the baselines train beside the one with the lowest FD ratio (not the last
+    one tried, which may have stalled); a recipe that meets it ends the search and takes them."""
+    fds = {"a": 9.0, "b": 5.0, "c": 12.0}  # classifier FD of each recipe's WGAN-GP run; floor 2.0
+    calls: list[tuple[str, str]] = []
+
+    def fake_run(dataset, recipe, loss, runs, cache_dir, goal) -> dict:
+        calls.append((recipe, loss))
+        metrics = {"fd_classifier": fds[recipe], "classes_covered": 10}
+        met = converged.TARGETS["mnist5k"].met(metrics, 2.0) if loss == "wgan-gp" else None
+        return {"recipe": recipe, "loss": loss, "floor": 2.0, "converged": met, "interrupted_seconds": 0.0,
+                "chunks": [{"step": 4, "seconds": 1.0, "metrics": metrics}]}  # fmt: skip
+
+    monkeypatch.setattr(converged, "run", fake_run)
+    for name in ("ship", "panel", "every_record", "table"):
+        monkeypatch.setattr(converged, name, lambda *a, **k: [] if name == "every_record" else "")
+    monkeypatch.setattr(converged, "RECIPES", {"mnist5k": {r: "configs/mnist5k-mlp.yaml" for r in fds}})
+    monkeypatch.setattr(converged, "EQUAL_TIME", ())
+    assert converged.main(["mnist5k"], tmp_path / "runs", tmp_path / "docs", tmp_path / "models", None) == 0
+    baselines = {recipe for recipe, loss in calls if loss != "wgan-gp"}
+    assert [r for r, loss in calls if loss == "wgan-gp"] == ["a", "b", "c"] and baselines == {"b"}
+    calls.clear()
+    fds["b"] = 3.9  # <= 2x the floor: met, so "c" is never tried
+    assert converged.main(["mnist5k"], tmp_path / "runs", tmp_path / "docs", tmp_path / "models", None) == 0
+    assert [r for r, loss in calls if loss == "wgan-gp"] == ["a", "b"]
+    assert {recipe for recipe, loss in calls if loss != "wgan-gp"} == {"b"}
+
+
 def test_the_table_holds_every_run_folder_in_the_budgets_order(tmp_path: Path) -> None:
     """The tables are written from every run folder's progress.json (a `--datasets` subset keeps the other rows),
     in the budget's order, leaving out a run stopped before its first score."""

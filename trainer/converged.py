@@ -40,13 +40,15 @@ class Target:
     met: Callable[[dict, float], bool]
     chunk: int  # generator steps between scores (and checkpoints)
     max_steps: int  # where the run stops if the target never holds
+    miss: Callable[[dict, float], float] = lambda m, f: 0.0  # how far a run is from it (lower is closer)
 
 
 TARGETS = {
     "8gaussians": Target("8/8 modes, high-quality share >= 0.9",
                          lambda m, f: m["modes_covered"] == 8 and m["high_quality"] >= 0.9, 2000, 40000),
     "mnist5k": Target("classifier FD <= 2x real-vs-real, 10/10 classes",
-                      lambda m, f: m["fd_classifier"] <= 2 * f and m["classes_covered"] == 10, 2000, 40000),
+                      lambda m, f: m["fd_classifier"] <= 2 * f and m["classes_covered"] == 10, 2000, 40000,
+                      lambda m, f: m["fd_classifier"] / f + (10 - m["classes_covered"])),
     "25gaussians": Target(">= 24/25 modes", lambda m, f: m["modes_covered"] >= 24, 2000, 40000),
     "swissroll": Target("W1 <= 1.5x real-vs-real", lambda m, f: m["w1"] <= 1.5 * f, 2000, 40000),
 }  # fmt: skip
@@ -54,7 +56,8 @@ TARGETS = {
 # recipe (mnist5k-mlp-fast) takes about half an hour, then the Swiss roll.
 ORDER = ("8gaussians", "25gaussians", "mnist5k", "swissroll")
 # Each dataset's WGAN-GP recipes (run folder name: config), tried in turn: the next one only when the one before
-# reached its step cap short of the target. The baselines train beside the one that met it (or the last one).
+# reached its step cap short of the target. The baselines train beside the one that met it, or else beside the one
+# that came closest (Target.miss of its last score).
 RECIPES = {name: {name: config} for name, config in CONFIGS.items()}
 RECIPES["mnist5k"]["mnist5k-mlp-fast"] = "configs/mnist5k-mlp-fast.yaml"  # 1e-3 decayed; 1e-4: 3.63x at the cap
 RECIPES["mnist5k"]["mnist5k-conv"] = "configs/mnist5k-conv.yaml"  # 32 px; at constant 1e-4 it stalled at 5.4-7x
@@ -257,13 +260,15 @@ def main(datasets: list[str], runs: Path, out: Path, models: Path, cache_dir: Op
     beside: dict[str, dict] = {}  # dataset: the WGAN-GP run its baselines train beside
     try:
         for dataset in [d for d in ORDER if d in datasets]:
+            tried = []
             for recipe in RECIPES[dataset]:
-                beside[dataset] = records[recipe, "wgan-gp"] = wgan = run(
-                    dataset, recipe, "wgan-gp", runs, cache_dir, Goal()
-                )
+                records[recipe, "wgan-gp"] = wgan = run(dataset, recipe, "wgan-gp", runs, cache_dir, Goal())
                 ship(wgan, runs, models, out, wgan["chunks"][-1]["step"])
+                tried.append(wgan)
                 if wgan["converged"]:
                     break
+            miss = lambda r: TARGETS[dataset].miss(r["chunks"][-1]["metrics"], r["floor"])  # noqa: E731
+            beside[dataset] = wgan = tried[-1] if tried[-1]["converged"] else min(reversed(tried), key=miss)
             for loss in (loss for loss in LOSSES if loss != "wgan-gp"):
                 progress = run(dataset, wgan["recipe"], loss, runs, cache_dir, Goal(wgan["chunks"][-1]["step"]))
                 records[wgan["recipe"], loss] = progress
