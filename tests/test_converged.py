@@ -168,8 +168,9 @@ def test_baselines_train_beside_the_recipe_that_met_the_target_or_came_closest(
                 "chunks": [{"step": 4, "seconds": 1.0, "metrics": metrics}]}  # fmt: skip
 
     monkeypatch.setattr(converged, "run", fake_run)
-    for name in ("ship", "panel", "every_record", "table"):
-        monkeypatch.setattr(converged, name, lambda *a, **k: [] if name == "every_record" else "")
+    for name in ("ship", "panel", "table"):
+        monkeypatch.setattr(converged, name, lambda *a, **k: "")
+    monkeypatch.setattr(converged, "every_record", lambda runs: [])
     monkeypatch.setattr(converged, "RECIPES", {"mnist5k": {r: "configs/mnist5k-mlp.yaml" for r in fds}})
     monkeypatch.setattr(converged, "EQUAL_TIME", ())
     assert converged.main(["mnist5k"], tmp_path / "runs", tmp_path / "docs", tmp_path / "models", None) == 0
