@@ -183,6 +183,45 @@ def test_baselines_train_beside_the_recipe_that_met_the_target_or_came_closest(
     assert {recipe for recipe, loss in calls if loss != "wgan-gp"} == {"b"}
 
 
+def test_a_stop_between_chunks_still_writes_the_tables_and_exits_75(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGTERM while the budget scores, exports or starts a run (no train.py to forward it to): the tables of the
+    runs so far are written, the exit is 75, and the caller's handler is back afterwards."""
+    import os
+    import signal
+    import time
+
+    calls: list[str] = []
+
+    def fake_run(dataset, recipe, loss, runs, cache_dir, goal) -> dict:
+        calls.append(loss)
+        if len(calls) == 2:  # the first baseline's start-up
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+            return {}
+        metrics = {"fd_classifier": 5.0, "classes_covered": 10}
+        return {"recipe": recipe, "loss": loss, "floor": 2.0, "converged": False, "interrupted_seconds": 0.0,
+                "chunks": [{"step": 4, "seconds": 1.0, "metrics": metrics}]}  # fmt: skip
+
+    written: list[list] = []
+    monkeypatch.setattr(converged, "run", fake_run)
+    monkeypatch.setattr(converged, "ship", lambda *a, **k: None)
+    monkeypatch.setattr(converged, "every_record", lambda runs: [{"written": True}])
+    monkeypatch.setattr(converged, "table", lambda every: written.append(every) or "the table")
+    monkeypatch.setattr(converged, "RECIPES", {"mnist5k": {"a": "configs/mnist5k-mlp.yaml"}})
+    seen: list[int] = []
+    caller = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # the caller's: records only
+    try:
+        code = converged.main(["mnist5k"], tmp_path / "runs", tmp_path / "docs", tmp_path / "models", None)
+        assert code == 75 and len(calls) == 2 and seen == []  # the budget's handler took it, not the caller's
+        assert written == [[{"written": True}]] and (tmp_path / "docs" / "quality-converged.md").is_file()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM]  # restored
+    finally:
+        signal.signal(signal.SIGTERM, caller)
+
+
 def test_the_table_holds_every_run_folder_in_the_budgets_order(tmp_path: Path) -> None:
     """The tables are written from every run folder's progress.json (a `--datasets` subset keeps the other rows),
     in the budget's order, leaving out a run stopped before its first score."""

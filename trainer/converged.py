@@ -113,6 +113,10 @@ class Stopped(Exception):
     """The budget was asked to stop (SIGTERM/SIGINT); the run in progress wrote its checkpoint."""
 
 
+def _stop_between_chunks(signum: int, frame) -> None:
+    raise Stopped(0.0)
+
+
 def train_chunk(keys: list[str], config: str, steps: int) -> float:
     """train.py to `steps` generator steps, resuming the run folder's newest checkpoint; returns its seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -192,6 +196,7 @@ def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[st
         run_dir.mkdir(parents=True)
         progress = {"dataset": dataset, "loss": loss, "overrides": keys, "target": target.text,
                     "floor": floor(dataset, config, cache_dir), "chunks": [], "interrupted_seconds": 0.0}  # fmt: skip
+        path.write_text(json.dumps(progress, indent=1))
     progress.update(recipe=recipe, config=config)
     progress["done"] = False
     while (step := next_step(progress, target, goal)) is not None:
@@ -201,7 +206,12 @@ def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[st
             progress["interrupted_seconds"] += stop.args[0]
             path.write_text(json.dumps(progress, indent=1))
             raise
-        metrics = score(run_dir, dataset, cache_dir)
+        try:
+            metrics = score(run_dir, dataset, cache_dir)
+        except Stopped:  # the chunk trained but was not scored: the next start scores it (resuming at its step)
+            progress["interrupted_seconds"] += seconds
+            path.write_text(json.dumps(progress, indent=1))
+            raise
         progress["chunks"].append({"step": step, "seconds": seconds, "metrics": metrics})
         met = target.met(metrics, progress["floor"])
         progress["converged"] = met if goal.steps is None else None
@@ -266,6 +276,9 @@ def main(datasets: list[str], runs: Path, out: Path, models: Path, cache_dir: Op
     out.mkdir(parents=True, exist_ok=True)
     records: dict[tuple[str, str], dict] = {}
     beside: dict[str, dict] = {}  # dataset: the WGAN-GP run its baselines train beside
+    # A stop between chunks (scoring, exporting, a start-up) ends the budget the same way as one inside a chunk,
+    # where train_chunk forwards it to train.py: the tables are still written and the exit is 75.
+    old = {s: signal.signal(s, _stop_between_chunks) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for dataset in [d for d in ORDER if d in datasets]:
             tried = []
@@ -292,6 +305,8 @@ def main(datasets: list[str], runs: Path, out: Path, models: Path, cache_dir: Op
         print("stopped: the run in progress wrote its checkpoint; run the same command again to continue", flush=True)
         return 75
     finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
         if records:
             every = every_record(runs)  # this command's runs and those earlier ones left (another --datasets)
             text = table(every)
