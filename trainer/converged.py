@@ -121,8 +121,10 @@ def train_chunk(keys: list[str], config: str, steps: int) -> float:
     """train.py to `steps` generator steps, resuming the run folder's newest checkpoint; returns its seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    # eval.at_end=false: the budget scores every chunk itself (score()); train.py's own end-of-run figure would
+    # cost a toy chunk 13 s of exact W1 and change nothing it trains or saves.
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / config), *keys,
-           "run.resume=latest", f"train.steps={steps}"]  # fmt: skip
+           "run.resume=latest", f"train.steps={steps}", "eval.at_end=false"]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     forward = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731 - the child checkpoints, then exits
