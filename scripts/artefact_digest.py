@@ -10,11 +10,14 @@ from pathlib import Path
 
 SKIP = {"time", "imgs_per_s", "peak_mem_mb", "time_critic_ms", "time_penalty_ms", "time_generator_ms"}
 out = Path(sys.argv[1])
-for run in ("default", "toy2", "cond"):
+for run in ("default", "digits", "toy2", "cond"):
     d = out / run
+    if not d.is_dir():  # a proof folder from before the digits run was added
+        continue
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    keys = set(json.load(open(sys.argv[2] + f"/{run}.keys"))) if len(sys.argv) > 2 else None
-    if len(sys.argv) <= 2:
+    before = Path(sys.argv[2]) / f"{run}.keys" if len(sys.argv) > 2 else None
+    keys = set(json.loads(before.read_text())) if before and before.is_file() else None
+    if keys is None:
         json.dump(sorted(rows[0]), open(str(out / f"{run}.keys"), "w"))
     vals = [{k: v for k, v in r.items() if k not in SKIP and (keys is None or k in keys)} for r in rows]
     extra = sorted(set(rows[0]) - keys) if keys else []

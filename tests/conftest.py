@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the launch helpers below give train.py when a test passes no --config of its own: configs/digits.yaml, the
+# schema's defaults (the 8x8 digits on the small conv pair), so a test's overrides make a run of seconds. The offline
+# default itself (configs/default.yaml, what a bare train.py reads: 28x28 digits, 8,000 MLP steps) is launched with
+# default=True (tests/test_train_run.py, tests/test_first_hour.py).
+BASE = ["--config", "configs/digits.yaml"]
 # A tiny image run: digits at 8x8, a narrow conv pair, small batches; seconds on a 2-core CPU.
 TINY = [
     "data.image_size=8",
@@ -44,11 +49,19 @@ def entry(env: dict | None) -> str:
     return "tests/faulty_train.py" if any(k.startswith(FAULTS) for k in env or {}) else "train.py"
 
 
-def python_train(*args: str, **kw) -> subprocess.CompletedProcess:
-    return run_cmd([sys.executable, entry(kw.get("env")), *args], **kw)
+def based(args: tuple[str, ...] | list[str], default: bool = False) -> list[str]:
+    """`args` after BASE, unless they give a --config (or a bare YAML path: the slip train.py explains) or `default`."""
+    own = default or any(
+        a == "--config" or a.startswith("--config=") or ("=" not in a and a.endswith((".yaml", ".yml"))) for a in args
+    )
+    return list(args) if own else [*BASE, *args]
 
 
-def accelerate_train(*args: str, **kw) -> subprocess.CompletedProcess:
+def python_train(*args: str, default: bool = False, **kw) -> subprocess.CompletedProcess:
+    return run_cmd([sys.executable, entry(kw.get("env")), *based(args, default)], **kw)
+
+
+def accelerate_train(*args: str, default: bool = False, **kw) -> subprocess.CompletedProcess:
     launch = [
         sys.executable,
         "-m",
@@ -59,12 +72,16 @@ def accelerate_train(*args: str, **kw) -> subprocess.CompletedProcess:
         "--num_machines",
         "1",
     ]
-    return run_cmd([*launch, "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *args], **kw)
+    cmd = [*launch, "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *based(args, default)]
+    return run_cmd(cmd, **kw)
 
 
-def torchrun_train(nproc: int, *args: str, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+def torchrun_train(
+    nproc: int, *args: str, env_extra: dict | None = None, default: bool = False, **kw
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    return run_cmd([*cmd, entry(env_extra), *args], env={"ACCELERATE_USE_CPU": "1", **(env_extra or {})}, **kw)
+    cmd += [entry(env_extra), *based(args, default)]
+    return run_cmd(cmd, env={"ACCELERATE_USE_CPU": "1", **(env_extra or {})}, **kw)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import TINY, ok, python_train, run_cmd
+from conftest import BASE, TINY, based, ok, python_train, run_cmd
 from PIL import Image
 
 from trainer import cli, compare, evaluate, export, sample
@@ -299,7 +299,7 @@ def check(code: int, err: str, words: list[str]) -> None:
 
 def run_train(capfd, run: Path, args: list[str]) -> tuple[int, str]:
     own_dir = any(a.startswith("run.dir=") for a in args)
-    code = cli.main([*(() if own_dir else (f"run.dir={run}",)), *TINY, "train.steps=3", *args])
+    code = cli.main(based([*(() if own_dir else (f"run.dir={run}",)), *TINY, "train.steps=3", *args]))
     return code, capfd.readouterr().err
 
 
@@ -390,7 +390,7 @@ def test_damaged_or_stray_files_do_not_stop_train_sample_evaluate(capfd, case_di
         f.write('{"step": 3, "loss_d": 1.2')
     assert sample.main([str(run), "--out", str(scratch / "s.npy"), "--num", "4"]) == 0
     assert compare.main([str(run), "--out", str(scratch / "c.png")]) == 0
-    assert cli.main([f"run.dir={run}", *TINY, "train.steps=3", "run.resume=latest"]) == 0
+    assert cli.main([*BASE, f"run.dir={run}", *TINY, "train.steps=3", "run.resume=latest"]) == 0
     out = capfd.readouterr().out
     assert "resuming from" in out and "step-00000002 at step 2" in out
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -26,6 +26,31 @@ def test_paper_defaults() -> None:
     assert (cfg.loss.name, cfg.loss.gp_weight, cfg.train.n_critic) == ("wgan-gp", 10.0, 5)
 
 
+def test_without_config_train_py_reads_the_offline_default(capsys, tmp_path: Path, monkeypatch) -> None:
+    """No --config: configs/default.yaml, which is configs/mnist5k-mlp-8k.yaml (the converged budget's recipe) but
+    for its run folder; --config replaces it, so a preset sits on the schema's defaults alone. Its absence is one
+    message naming the file and the fix."""
+    import yaml
+
+    import trainer.cli
+
+    default = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "configs/mnist5k-mlp-8k.yaml").read_text())
+    assert default.pop("run") == {"dir": "runs/default"} and recipe.pop("run") == {"dir": "runs/mnist5k-mlp-8k"}
+    assert default == recipe
+    assert main(["train.steps=5", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["data"]["name"], printed["model"]["name"], printed["optim"]["lr_d"]) == ("mnist5k", "mlp", 2e-3)
+    assert (printed["train"]["steps"], printed["train"]["schedule_steps"]) == (5, 8000)
+    assert main(["--config", str(ROOT / "configs/8gaussians.yaml"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr_d"] is None  # the schema's null, not the default's
+    monkeypatch.setattr(trainer.cli, "DEFAULT_CONFIG", tmp_path / "configs" / "default.yaml")
+    assert main(["train.steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the offline default config {tmp_path}/configs/default.yaml is missing")
+    assert "git checkout -- configs/default.yaml" in err and len(err.strip().splitlines()) == 1
+
+
 def test_every_shipped_config_validates() -> None:
     files = sorted((ROOT / "configs").glob("*.yaml"))
     assert len(files) >= 8
@@ -64,7 +89,7 @@ BAD = [
     (["model.name=resnet9"], "model.name='resnet9' is not a valid choice", "conv-small, dcgan28, dcgan64, mlp"),
     (["data.name=imagenet"], "data.name='imagenet' is not a valid choice", "digits"),
     (["loss.name=wgan"], "loss.name='wgan' is not a valid choice", "wgan-gp, wgan-lp, wgan-clip, gan"),
-    (["data.image_size=28"], "data.image_size=28 cannot be produced by model.name=conv-small", "8, 16, 32, 64"),
+    (["model.name=conv-small"], "data.image_size=28 cannot be produced by model.name=conv-small", "8, 16, 32, 64"),
     (["model.name=toy"], "model.name=toy is a 2-D toy model", "conv-small, dcgan28, dcgan64, mlp, resnet128, resnet32"),
     (["train.ema_decay=1.5"], "train.ema_decay=1.5 is impossible", "[0, 1)"),
     (["loss.name=wgan-clip", "train.deepspeed=2"], "loss.name=wgan-clip is not supported under DeepSpeed", "without"),

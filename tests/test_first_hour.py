@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TINY, _env, python_train, read_metrics, run_cmd
+from conftest import BASE, ROOT, TINY, _env, python_train, read_metrics, run_cmd
 
 ACCELERATE_Q = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file", "launch/cpu.yaml"]
 
@@ -68,7 +68,7 @@ def _checkpoints(run_dir: Path) -> list[str]:
 def test_ctrl_c_under_python_train_py_is_clean(run_dir: Path) -> None:
     """The README's one-process command: Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends
     in a checkpoint, exit 75 and one line; the prompt returns after the checkpoint, no traceback."""
-    proc = _start([sys.executable, "train.py", f"run.dir={run_dir}", "train.steps=100000", *TINY], run_dir)
+    proc = _start([sys.executable, "train.py", *BASE, f"run.dir={run_dir}", "train.steps=100000", *TINY], run_dir)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75 and "Traceback" not in err and len(_checkpoints(run_dir)) == 1
@@ -78,7 +78,7 @@ def test_ctrl_c_under_python_train_py_is_clean(run_dir: Path) -> None:
 def test_ctrl_c_under_accelerate_launch_still_checkpoints(run_dir: Path) -> None:
     """Accelerate's one-process launcher dies of the Ctrl-C itself (KeyboardInterrupt: README, Usage); its worker
     still finishes the step and writes the checkpoint, so nothing is lost."""
-    proc = _start([*ACCELERATE_Q, "train.py", f"run.dir={run_dir}", "train.steps=100000", *TINY], run_dir)
+    proc = _start([*ACCELERATE_Q, "train.py", *BASE, f"run.dir={run_dir}", "train.steps=100000", *TINY], run_dir)
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=300)
     deadline = time.time() + 120
@@ -126,7 +126,8 @@ def test_idle_openmp_threads_sleep_and_a_log_file_gets_plain_lines(run_dir: Path
     """train.py sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise (the plan line names it); output
     that is no terminal gets one plain line per log interval and no carriage return."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    proc = subprocess.run([sys.executable, "train.py", f"run.dir={run_dir}", "train.steps=4", *TINY, "log.every=2"],
+    cmd = [sys.executable, "train.py", *BASE, f"run.dir={run_dir}", "train.steps=4", *TINY, "log.every=2"]
+    proc = subprocess.run(cmd,
                           cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "(OpenMP waits passive)" in proc.stdout and "\r" not in proc.stdout + proc.stderr
@@ -176,6 +177,18 @@ def test_a_run_ends_with_a_summary_its_curves_and_real_images_beside_its_own(run
         assert pair.size[0] >= 2 * 4 * 64 and pair.size[1] >= 4 * 64  # 4x4 generated, 4x4 real, 64 px each
     with Image.open(run_dir / "samples" / "step-00000006.png") as grid:
         assert grid.size[1] >= 4 * 64
+
+
+def test_the_bare_default_trains_real_digits_and_ends_with_their_held_out_baseline(run_dir: Path) -> None:
+    """`python train.py` with nothing but a shorter run: configs/default.yaml's 28x28 digits on the MLP pair, its
+    quality figure on as many samples as mnist5k holds out (1,000) beside the held-out digits' own FD."""
+    proc = python_train(f"run.dir={run_dir}", "train.steps=3", "log.every=1", "checkpoint.every=0", default=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    q = json.loads((run_dir / "summary.json").read_text())["run"]["quality"]
+    assert q["metric"] == "fd_classifier" and q["num"] == 1000 and 0 < q["baseline"] < q["value"]
+    line = f"classifier FD {q['value']:.4g} on 1,000 samples; real mnist5k against real: {q['baseline']:.4g}"
+    assert line in proc.stdout and "/10 classes" in proc.stdout
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["name"] == "mnist5k"
 
 
 def test_a_toy_run_ends_with_its_w1_beside_the_real_floor(run_dir: Path) -> None:

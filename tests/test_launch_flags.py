@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, ok, python_train, read_metrics, run_cmd
+from conftest import TINY, based, ok, python_train, read_metrics, run_cmd
 from omegaconf import OmegaConf
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
@@ -15,7 +15,7 @@ LAUNCH += ["--mixed_precision", "no"]
 
 
 def launch(*flags: str, args: tuple[str, ...]) -> object:
-    return run_cmd([*LAUNCH, *flags, "train.py", *args])
+    return run_cmd([*LAUNCH, *flags, "train.py", *based(args)])
 
 
 def test_dynamo_backend_is_speed_compile(run_dir: Path) -> None:

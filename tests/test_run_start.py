@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, TINY, _env, ok, python_train, read_metrics
+from conftest import BASE, ROOT, TINY, _env, ok, python_train, read_metrics
 from test_reliability import _wait_for
 
 from trainer.run.signals import EXIT_PREEMPTED
@@ -59,7 +59,7 @@ def test_error_message_starts_its_own_line_after_the_progress_bar(run_dir: Path)
 def test_stop_signal_during_start_up_still_checkpoints(run_dir: Path) -> None:
     """SIGTERM as soon as main() imports trainer.config (torch, the data, the models still to come): the run takes one
     step, writes its checkpoint and exits 75, instead of dying without a word."""
-    cmd = [sys.executable, "-X", "importtime", "train.py", f"run.dir={run_dir}", "train.steps=50", *TINY]
+    cmd = [sys.executable, "-X", "importtime", "train.py", *BASE, f"run.dir={run_dir}", "train.steps=50", *TINY]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # -X importtime reports each module when its import completes
         if line.rstrip().endswith("| trainer.config"):  # imported inside main(), after its first line
@@ -74,7 +74,7 @@ def test_stop_signal_during_start_up_still_checkpoints(run_dir: Path) -> None:
 def test_sigterm_to_accelerate_launch_stops_the_training_process(run_dir: Path) -> None:
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd = [*launch, "train.py", f"run.dir={run_dir}", "train.steps=100000", *TINY]
+    cmd = [*launch, "train.py", *BASE, f"run.dir={run_dir}", "train.steps=100000", *TINY]
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and len(read_metrics(run_dir)) >= 2)

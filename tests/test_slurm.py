@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, read_metrics
+from conftest import BASE, ROOT, TINY, read_metrics
 
 
 def _cluster_missing() -> str | None:
@@ -51,7 +51,7 @@ class Job:
         sbatch = [
             "sbatch", "--parsable", f"--job-name=wgan-gp-test-{os.getpid()}", f"--nodes={nodes}", "--gres=none",
             "--cpus-per-task=2", f"--output={self.log}",
-            "slurm/run.sh", f"run.dir={run_dir}", *TINY, f"train.steps={steps}", *extra,
+            "slurm/run.sh", *BASE, f"run.dir={run_dir}", *TINY, f"train.steps={steps}", *extra,
         ]  # fmt: skip
         out = subprocess.run(sbatch, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
         self.id = out.strip().split(";")[0]

@@ -26,15 +26,21 @@ EXPECTED_KEYS = {
 
 
 def test_offline_default_leaves_grid_metrics_checkpoint(run_dir: Path) -> None:
-    """The no-argument default (only shortened) through `accelerate launch`: grid PNG, metrics.jsonl, checkpoint."""
+    """The no-argument default (configs/default.yaml, only shortened) through `accelerate launch`: 28x28 digits on the
+    MLP pair; grid PNG, metrics.jsonl, checkpoint."""
     ok(
         accelerate_train(
-            f"run.dir={run_dir}", "train.steps=6", "log.every=3", "log.sample_every=3", "checkpoint.every=3"
+            f"run.dir={run_dir}",
+            "train.steps=6",
+            "log.every=3",
+            "log.sample_every=3",
+            "checkpoint.every=3",
+            "eval.at_end=false",  # tests/test_first_hour.py checks the quality figure
+            default=True,
         )
     )
     grid = Image.open(run_dir / "samples" / "step-00000006.png")
-    # 64 digits of 8x8 shown at 32x32 in an 8x8 grid with torchvision's 2-pixel padding.
-    assert grid.size == (8 * 64 + 9 * 2, 8 * 64 + 9 * 2)  # 8x8 digits shown at 64 px
+    assert grid.size == (8 * 84 + 9 * 2, 8 * 84 + 9 * 2)  # 64 digits of 28x28 shown at 84 px, torchvision's padding
     assert (run_dir / "samples" / "step-00000003.png").is_file()
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == [3, 6]
@@ -48,11 +54,13 @@ def test_offline_default_leaves_grid_metrics_checkpoint(run_dir: Path) -> None:
     last = run_dir / "checkpoints" / "step-00000006"
     state = json.loads((last / "trainer_state.json").read_text())
     assert state["step"] == 6 and state["data"]["cursor"] > 0
-    assert "name: conv-small" in (last / "config.yaml").read_text()
-    assert (run_dir / "config.yaml").read_text() == (last / "config.yaml").read_text()
+    written = (last / "config.yaml").read_text()
+    assert "name: mlp" in written and "name: mnist5k" in written and "schedule_steps: 8000" in written
+    assert (run_dir / "config.yaml").read_text() == written
     ema, live = load_file(str(last / "ema.safetensors")), load_file(str(last / "model.safetensors"))
     assert set(ema) == {f"model.{k}" for k in live} | {"updates"}
     assert torch.equal(load_file(str(last / "generator.safetensors"))["body.0.weight"], ema["model.body.0.weight"])
+    assert ema["model.body.0.weight"].shape == (128, 100)  # z_dim 100 into the 128-wide MLP
 
 
 def test_sample_cli_writes_npy_and_png(run_dir: Path, tmp_path: Path) -> None:

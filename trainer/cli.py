@@ -6,6 +6,7 @@ import argparse
 import difflib
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 # Idle OpenMP threads sleep instead of spinning (set before torch's OpenMP runtime starts, i.e. before torch is
@@ -19,6 +20,9 @@ from trainer.errors import EnvironmentVariableError, TrainerError  # noqa: E402 
 from trainer.run.signals import EXIT_PREEMPTED, Preempted, install  # noqa: E402
 
 EXIT_USER_ERROR = 2
+# What train.py reads when no --config is given: the offline default, real 28x28 digits (docs/configs.md). A file
+# given with --config replaces it; the keys a file leaves out take the schema's values (trainer/config.py).
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,10 +59,13 @@ def _flag_hint(args: list[str]) -> str:
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = _Parser(
         prog="train.py",
-        description="Train a WGAN-GP. No arguments: the offline default (digits, CPU-friendly, a few minutes).",
+        description="Train a WGAN-GP. Without --config: the offline default, configs/default.yaml (5,000 real MNIST "
+        "digits at 28x28, an MLP pair, minutes on a CPU).",
         epilog="Example: accelerate launch train.py --config configs/mnist-dcgan.yaml train.steps=20000",
     )
-    parser.add_argument("--config", help="YAML experiment file (configs/*.yaml); overrides come after it")
+    parser.add_argument(
+        "--config", help="YAML experiment file (configs/*.yaml; default configs/default.yaml); overrides come after it"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=2000")
     return parser.parse_args(argv)
@@ -73,6 +80,16 @@ def _overrides(args: argparse.Namespace) -> list[str]:
                 f"train.py --config {item} [key=value ...]."
             )
     return args.overrides
+
+
+def default_config() -> str:
+    """configs/default.yaml of this checkout, or a message saying it is missing and how to get it back."""
+    if not DEFAULT_CONFIG.is_file():
+        raise TrainerError(
+            f"the offline default config {DEFAULT_CONFIG} is missing (train.py reads it when no --config is given). "
+            f"Restore it (git checkout -- configs/default.yaml) or pass an experiment file: --config configs/NAME.yaml."
+        )
+    return str(DEFAULT_CONFIG)
 
 
 def resolved_defaults(cfg) -> str:
@@ -120,7 +137,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from trainer.config import to_yaml
         from trainer.core.gate import configure
 
-        cfg = configure(args.config, tuple(_overrides(args)), launch=not args.print_config)
+        cfg = configure(args.config or default_config(), tuple(_overrides(args)), launch=not args.print_config)
         if args.print_config:
             print(to_yaml(cfg), end="")  # stdout stays the config itself: `--print-config > x.yaml` round-trips
             print(resolved_defaults(cfg), end="", file=sys.stderr)
