@@ -13,6 +13,6 @@ $py train.py --config configs/digits.yaml run.dir=$out/digits train.steps=60 log
   train.cpu_threads=1 > $out/digits.log 2>&1
 ACCELERATE_USE_CPU=1 $py -m torch.distributed.run --standalone --nproc_per_node 2 train.py --config configs/8gaussians.yaml \
   run.dir=$out/toy2 train.steps=30 log.every=5 checkpoint.every=15 log.sample_every=0 train.cpu_threads=1 > $out/toy2.log 2>&1
-$py train.py run.dir=$out/cond model.name=resnet32 model.width=16 data.image_size=32 model.conditional=true \
+$py train.py --config configs/digits.yaml run.dir=$out/cond model.name=resnet32 model.width=16 data.image_size=32 model.conditional=true \
   train.steps=12 log.every=3 checkpoint.every=6 train.batch_size=16 log.sample_every=6 train.cpu_threads=1 > $out/cond.log 2>&1
 $py "$(dirname "$0")"/artefact_digest.py $out
