@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, _env, entry, ok, python_train, read_metrics, torchrun_train
+from conftest import ROOT, TINY, _env, based, entry, ok, python_train, read_metrics, torchrun_train
 
 from trainer.run.checkpoint import record_digest
 from trainer.run.signals import EXIT_PREEMPTED
@@ -23,7 +23,7 @@ def _ckpts(run_dir: Path) -> list[str]:
 
 
 def _spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, entry(env), *args]
+    cmd = [sys.executable, entry(env), *based(args)]
     return subprocess.Popen(cmd, cwd=ROOT, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
