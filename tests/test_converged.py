@@ -65,9 +65,10 @@ def test_the_budget_trains_to_each_goal_ships_tabulates_and_continues_when_stopp
     assert (tiny["runs"] / "8gaussians-b" / "gan" / "checkpoints" / "step-00000001").is_dir()
     assert budget(tiny) == 0  # the same command continues
     steps = {loss: [c["step"] for c in progress(tiny, loss)["chunks"]] for loss in RATE}
-    # WGAN-GP to its cap (2 steps, 10 s), both recipes; beside the second, the GAN to WGAN-GP's steps and R3GAN on
-    # to WGAN-GP's 10 s at 2.5 s a step
-    assert steps == {"wgan-gp": [2], "gan": [2], "r3gan": [2, 4]}
+    # WGAN-GP to its cap (2 steps, 10 s), both recipes; beside the second, the GAN to WGAN-GP's steps (its stopped
+    # checkpoint at step 1 scored first, with the 3 s that bought it) and R3GAN on to WGAN-GP's 10 s at 2.5 s a step
+    assert steps == {"wgan-gp": [2], "gan": [1, 2], "r3gan": [2, 4]}
+    assert progress(tiny, "gan")["chunks"][0]["seconds"] == 3.0 and progress(tiny, "gan")["interrupted_seconds"] == 0
     assert [c["step"] for c in progress(tiny, "wgan-gp", "8gaussians")["chunks"]] == [2]
     assert sorted(p.parent.name for p in tiny["runs"].glob("*/*/progress.json")) == [
         "gan",
@@ -114,6 +115,21 @@ def test_the_budget_trains_to_each_goal_ships_tabulates_and_continues_when_stopp
     assert [c["step"] for c in again["chunks"]] == [2, 4] and again["chunks"][0]["metrics"] == record["chunks"][0][
         "metrics"
     ]
+
+
+def test_an_equal_time_run_stopped_past_its_time_ends_at_its_checkpoint(tiny: dict) -> None:
+    """R3GAN stopped in its equal-time chunk (2 -> 4) at step 3 after 3 s, leaving 2 of WGAN-GP's 10 s: less than a
+    step at its rate. The checkpoint at 3 is its last chunk, scored, with those seconds; it is never asked to train to
+    fewer steps than it holds (train.py refuses), nor dropped for the step-2 chunk."""
+    tiny["calls"]["stop_at"] = 5  # WGAN-GP, WGAN-GP, the GAN, R3GAN to 2, R3GAN to 4: stopped at 3
+    assert budget(tiny) == 75
+    assert progress(tiny, "r3gan")["interrupted_seconds"] == 3.0
+    assert budget(tiny) == 0 and tiny["calls"]["n"] == 5  # nothing more trained: the seconds are spent
+    record = progress(tiny, "r3gan")
+    assert [(c["step"], c["seconds"]) for c in record["chunks"]] == [(2, 5.0), (3, 3.0)] and record["done"]
+    assert set(record["chunks"][-1]["metrics"]) >= {"modes_covered", "high_quality", "w1"}
+    equal_time = (tiny["out"] / "quality-converged.md").read_text().split("At equal wall-clock time")[1]
+    assert re.search(r"^\| 8gaussians-b \| r3gan \| never \| 3 \| 0\.1 min", equal_time, re.M), equal_time
 
 
 def test_a_recipe_with_a_fixed_schedule_span_stops_there(tmp_path: Path) -> None:

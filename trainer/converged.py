@@ -181,6 +181,14 @@ def next_step(progress: dict, target: Target, goal: Goal) -> Optional[int]:
     return step + steps if steps >= max(1, target.chunk // 10) else None  # a sliver is not worth a start-up
 
 
+def resumable_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint in `run_dir` (0 when there is none)."""
+    from trainer.run import checkpoint
+
+    newest = checkpoint.resolve(run_dir, "latest")
+    return int(checkpoint.NAME.fullmatch(newest.name).group(1)) if newest is not None else 0
+
+
 def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[str], goal: Goal) -> dict:
     """One run of the budget (runs/RECIPE/LOSS), continued from its progress.json until its goal. Returns the
     progress record (chunks: step, seconds, metrics; floor; converged: WGAN-GP's target met, None for a baseline)."""
@@ -201,6 +209,17 @@ def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[st
         path.write_text(json.dumps(progress, indent=1))
     progress.update(recipe=recipe, config=config)
     progress["done"] = False
+    stopped_at = resumable_step(run_dir)
+    if stopped_at > (progress["chunks"][-1]["step"] if progress["chunks"] else 0):
+        # A chunk stopped past the last scored one (a SIGTERM checkpoints where it is) or trained and was not scored:
+        # its seconds bought these steps, so they are scored as a chunk of their own before anything trains.
+        # Otherwise an equal-time baseline with less time left than it trained would be asked for fewer steps than
+        # its checkpoint holds, which train.py refuses.
+        metrics = score(run_dir, dataset, cache_dir)
+        chunk = {"step": stopped_at, "seconds": progress["interrupted_seconds"], "metrics": metrics, "stopped": True}
+        progress["chunks"].append(chunk)
+        progress["interrupted_seconds"] = 0.0
+        path.write_text(json.dumps(progress, indent=1))
     while (step := next_step(progress, target, goal)) is not None:
         try:
             seconds = train_chunk(keys, config, step)
