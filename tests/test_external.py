@@ -34,7 +34,7 @@ def load_mimicry_penalty(monkeypatch: pytest.MonkeyPatch):
     stand-ins whose __path__ is the real folder, so only the module files the penalty needs are executed."""
     spec = importlib.util.find_spec("torch_mimicry")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torch-mimicry is not installed (pip install torch-mimicry, in the dev extra)")
+        pytest.skip("torch-mimicry is not installed (pip install --no-deps torch-mimicry==0.1.16, as the README does)")
     root = Path(next(iter(spec.submodule_search_locations)))
     for name in ("torch_mimicry", "torch_mimicry.nets", "torch_mimicry.nets.gan", "torch_mimicry.nets.basemodel",
                  "torch_mimicry.nets.wgan_gp", "torch_mimicry.modules"):  # fmt: skip

@@ -52,15 +52,37 @@ def test_two_rank_metrics_are_reduced_over_ranks(run_dir: Path) -> None:
         assert record["grad_norm_max"] >= record["grad_norm"] > 0 and record["grad_norm_std"] >= 0
 
 
-@pytest.mark.parametrize("tracker", ["tensorboard"])
-def test_missing_tracker_package_is_a_config_error(tracker: str, run_dir: Path) -> None:
+def test_tensorboard_run_has_hparams_scalars_and_images(run_dir: Path) -> None:
+    """log.tracker=tensorboard: the event files under the run folder, read back with TensorBoard's own reader, hold
+    the config as flat hparams and the same numbers as metrics.jsonl; without the package, a config error."""
     import importlib.util
 
-    proc = python_train(f"run.dir={run_dir}", f"log.tracker={tracker}", *TINY, "train.steps=1")
-    if importlib.util.find_spec(tracker) is None:
-        assert proc.returncode == 2 and f"pip install {tracker}" in proc.stderr
-    else:
-        ok(proc)
+    args = (f"run.dir={run_dir}", "train.steps=4", *TINY, "log.every=2", "log.sample_every=2", "loss.gp_weight=7.5")
+    proc = python_train(*args, "log.tracker=tensorboard")
+    if importlib.util.find_spec("tensorboard") is None:
+        assert proc.returncode == 2 and "pip install tensorboard" in proc.stderr and "Traceback" not in proc.stderr
+        return
+    ok(proc)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    def events(folder: Path) -> EventAccumulator:
+        return EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0}).Reload()
+
+    files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    hparams = next(f.parent for f in files if "session_start_info" in str(events(f.parent).PluginTagToContent("hparams")))
+    content = events(hparams).PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert start["loss.gp_weight"].number_value == 7.5 and start["train.steps"].number_value == 4
+    assert start["loss.name"].string_value == "wgan-gp" and start["optim.lr_d"].string_value == "null"
+    main = next(events(f.parent) for f in files if events(f.parent).Tags()["scalars"])
+    assert LOGGED <= set(main.Tags()["scalars"])
+    logged = {m["step"]: m for m in read_metrics(run_dir)}
+    for key in ("loss_d", "wasserstein", "penalty", "grad_norm"):
+        points = {e.step: e.value for e in main.Scalars(key)}
+        assert points.keys() == logged.keys() == {2, 4}
+        assert all(math.isclose(points[s], logged[s][key], rel_tol=1e-6) for s in points), key
+    assert [e.step for e in main.Images("samples")] == [2, 4]
 
 
 def test_evaluation_during_training_and_summary(run_dir: Path) -> None:

@@ -82,6 +82,8 @@ def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path, executi
         return
     written = to_dict(cfg)  # interpolated keys as their `${...}` text: the tracker writes (and uploads) all of it
     config = {**written, **({"execution": execution} if execution else {})}
+    if cfg.log.tracker == "tensorboard":
+        config = flat_hparams(config)
     project = _tracker_project(cfg, str(written["log"]["project"]), accelerator.is_main_process)
     main_wandb = cfg.log.tracker == "wandb" and accelerator.is_main_process
     kwargs = {"wandb": wandb_init_kwargs(cfg, run_dir)} if main_wandb else {}
@@ -101,6 +103,21 @@ def start_tracking(accelerator: Accelerator, cfg: Config, run_dir: Path, executi
         # Every evaluation metric, whatever trainer.metrics.evaluate returns: min, max and last in the summary (the
         # best is one of the first two; write_summary adds eval_*_best by each metric's direction at the end).
         run.define_metric("eval_*", summary="min,max,last")
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """The config as TensorBoard's hparams take it: one dotted key per leaf (`loss.name`), each an int, float, str
+    or bool; a list as its JSON text, None as "null" (SummaryWriter.add_hparams refuses anything else)."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif value is None or isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
 
 
 PROJECT_FORBIDDEN = re.compile(r"[/\\#?%:]")  # characters W&B refuses in a project name (offline too: UsageError)
