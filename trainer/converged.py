@@ -187,7 +187,7 @@ def resumable_step(run_dir: Path) -> int:
     from trainer.run import checkpoint
 
     newest = checkpoint.resolve(run_dir, "latest")
-    return int(checkpoint.NAME.fullmatch(newest.name).group(1)) if newest is not None else 0
+    return checkpoint.step_of(newest) if newest is not None else 0
 
 
 def run(dataset: str, recipe: str, loss: str, runs: Path, cache_dir: Optional[str], goal: Goal) -> dict:

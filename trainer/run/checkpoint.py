@@ -57,6 +57,12 @@ class Snapshot:
     ema: Optional[nn.Module]  # ema.safetensors
 
 
+def step_of(path: Path) -> Optional[int]:
+    """The step a checkpoint folder's name says (step-00002000 -> 2000), or None for a name that is not ours."""
+    found = NAME.fullmatch(Path(path).name)
+    return int(found.group(1)) if found else None
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -65,11 +71,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints (renamed into place, state file present), oldest first."""
     folder = checkpoint_dir(run_dir)
     found = (
-        [p for p in folder.iterdir() if NAME.fullmatch(p.name) and p.is_dir() and (p / STATE_FILE).is_file()]
+        [p for p in folder.iterdir() if step_of(p) is not None and p.is_dir() and (p / STATE_FILE).is_file()]
         if folder.is_dir()
         else []
     )
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    return sorted(found, key=step_of)
 
 
 def resolve(run_dir: Path, resume: Optional[str], option: str = "run.resume") -> Optional[Path]:
@@ -130,7 +136,7 @@ def schema_problem(record: Any, path: Path) -> Optional[str]:
         return f"it holds a {type(record).__name__}, not a JSON object"
     if not _is_count(record.get("step")):
         return f"step must be a whole number >= 0, not {json.dumps(record.get('step'))}"
-    if NAME.fullmatch(path.name) and record["step"] != int(path.name[len(PREFIX) :]):
+    if step_of(path) not in (None, record["step"]):
         return f"step {record['step']} is not the step of its folder {path.name}"
     if not _is_count(record.get("world_size"), 1):
         return f"world_size must be a whole number >= 1, not {json.dumps(record.get('world_size'))}"
@@ -206,8 +212,8 @@ def candidates(run_dir: Path, resume: Optional[str], chosen: Path) -> list[Path]
     """`chosen`, then under run.resume=latest every older checkpoint, newest first: what a fallback may try."""
     if resume != "latest":
         return [chosen]
-    step = int(chosen.name[len(PREFIX) :])
-    return [chosen, *(p for p in reversed(list_checkpoints(run_dir)) if int(p.name[len(PREFIX) :]) < step)]
+    step = step_of(chosen)
+    return [chosen, *(p for p in reversed(list_checkpoints(run_dir)) if step_of(p) < step)]
 
 
 def first_intact(paths: list[Path], attempt: Callable[[Path], T], warn: bool) -> tuple[Path, T]:
