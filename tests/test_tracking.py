@@ -68,20 +68,20 @@ def test_tensorboard_run_has_hparams_scalars_and_images(run_dir: Path) -> None:
     def events(folder: Path) -> EventAccumulator:
         return EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0}).Reload()
 
-    files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    loaded = [events(f.parent) for f in sorted(run_dir.rglob("events.out.tfevents.*"))]  # each read once
 
-    def hparams(folder: Path) -> dict:
+    def hparams(accumulator: EventAccumulator) -> dict:
         try:
-            return events(folder).PluginTagToContent("hparams")
+            return accumulator.PluginTagToContent("hparams")
         except KeyError:  # an event file without hparams (the scalars' own)
             return {}
 
-    tagged = [hparams(f.parent) for f in files]
+    tagged = [hparams(a) for a in loaded]
     content = next(t["_hparams_/session_start_info"] for t in tagged if "_hparams_/session_start_info" in t)
     start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert start["loss.gp_weight"].number_value == 7.5 and start["train.steps"].number_value == 4
     assert start["loss.name"].string_value == "wgan-gp" and start["optim.lr_d"].string_value == "null"
-    main = next(events(f.parent) for f in files if events(f.parent).Tags()["scalars"])
+    main = next(a for a in loaded if a.Tags()["scalars"])
     assert LOGGED <= set(main.Tags()["scalars"])
     logged = {m["step"]: m for m in read_metrics(run_dir)}
     for key in ("loss_d", "wasserstein", "penalty", "grad_norm"):
