@@ -156,7 +156,7 @@ def test_sbatch_two_nodes_one_process_each(tmp_path: Path) -> None:
 def test_preempted_and_hung_job_requeues_itself_and_resumes(tmp_path: Path) -> None:
     """One node, 2 processes. USR1 (as SLURM sends it before the time limit), then a hung rank: both times the job
     comes back and resumes, and it completes at the final step with every step logged once, from 2 ranks."""
-    run_dir, steps, every = tmp_path / "run", 80, 20
+    run_dir, steps, every = tmp_path / "run", 120, 20
     job = Job(
         tmp_path, run_dir, steps, f"checkpoint.every={every}", "checkpoint.keep=0", f"train.timeout_s={TIMEOUT_S}"
     )
@@ -181,7 +181,12 @@ def test_preempted_and_hung_job_requeues_itself_and_resumes(tmp_path: Path) -> N
         assert signalled <= preempted <= signalled + 2, f"USR1 at step {signalled}, checkpoint at {preempted}"
         job.release()
 
-        _wait_for_step(job, run_dir, every + 5)  # past a periodic checkpoint, so this attempt saved progress
+        # Past this attempt's first periodic checkpoint, so it saved progress. Where USR1 lands depends on the
+        # machine's speed (the step poll sleeps 0.5 s: a fast machine trains 25 steps in it), so count from there.
+        periodic = (preempted // every + 1) * every
+        assert periodic + 5 < steps, f"preempted at step {preempted}: too late to test a hang before step {steps}"
+        _wait_for_step(job, run_dir, periodic + 5)
+        assert (run_dir / "checkpoints" / f"step-{periodic:08d}").is_dir(), f"no periodic checkpoint at {periodic}"
         hung = _worker_pid(run_dir, rank=1)
         os.kill(hung, signal.SIGSTOP)  # rank 1 hangs: rank 0 must give up after train.timeout_s
         stopped_at = time.monotonic()
