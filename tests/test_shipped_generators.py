@@ -76,6 +76,25 @@ def test_a_shipped_digits_generator_scores_again_as_its_run_did(folder: Path) ->
     assert TARGETS["mnist5k"].met(scores, progress["floor"]) == bool(progress.get("converged"))
 
 
+SEED_SPREAD = ROOT / "docs" / "seeds-mnist5k-conv-8k.json"  # scripts/seed_spread.py
+
+
+def test_each_training_seed_of_the_conv_digits_recipe_scores_again_as_recorded() -> None:
+    """The conv digits recipe trained with seeds 0, 1 and 2 (docs/sample-quality.md): each exported generator,
+    scored again by trainer.metrics.evaluate with noise seed 0, lands on the classifier FD and classes recorded."""
+    from trainer.core.gate import configure
+    from trainer.metrics.evaluate import evaluate
+
+    record = json.loads(SEED_SPREAD.read_text())
+    assert sorted(run["training_seed"] for run in record["runs"]) == [0, 1, 2]
+    cfg = configure(str(ROOT / record["config"]), ("seed=0",))
+    for run in record["runs"]:
+        assert run["noise_seeds"][0] == 0
+        scores = evaluate(GANGenerator.from_pretrained(str(ROOT / run["generator"])), cfg, None, record["num"], "cpu")
+        assert scores["classes_covered"] == run["classes_covered"][0]
+        assert scores["fd_classifier"] == pytest.approx(run["fd_classifier"][0], rel=0.05), run["generator"]
+
+
 SPREAD = [p for p in SHIPPED if json.loads((p / "config.json").read_text())["data"] not in (*MODES, "mnist5k")]
 
 
