@@ -1,8 +1,7 @@
 """Entry point: `accelerate launch train.py [--config configs/X.yaml] [key=value ...]`."""
 
-import sys
-
+from trainer.accel.shutdown import exit_process
 from trainer.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

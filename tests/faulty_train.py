@@ -216,6 +216,7 @@ if __name__ == "__main__":
         emulate_cuda_graph(os.environ["WGAN_GP_EMULATE_CUDA_GRAPH"])
     if os.environ.get("WGAN_GP_FORCE_DDP") == "1":
         force_ddp()
+    from trainer.accel.shutdown import exit_process
     from trainer.cli import main
 
-    sys.exit(main())
+    exit_process(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -91,8 +92,8 @@ def test_world_size_mismatch_is_refused(run_dir: Path) -> None:
 
 
 def test_a_finished_run_leaves_its_process_group(tmp_path: Path) -> None:
-    """train.py destroys the process group after a good run or a stop (pytorch/pytorch#190489: gloo's threads can
-    abort an exiting process that did not); with no group it does nothing."""
+    """train.py destroys the process group after a good run or a stop (NCCL asks for it: pytorch/pytorch#190489);
+    with no group it does nothing."""
     from trainer.accel.runtime import leave_process_group
 
     leave_process_group()  # no group: nothing to do
@@ -101,3 +102,30 @@ def test_a_finished_run_leaves_its_process_group(tmp_path: Path) -> None:
     assert torch.distributed.is_initialized()
     leave_process_group()
     assert not torch.distributed.is_initialized()
+
+
+def test_a_job_process_exits_with_its_code_while_gloo_still_frees_the_last_collective() -> None:
+    """The CI failure of a finished 2-rank job (SIGABRT at exit, "terminate called without an active exception"):
+    gloo's worker thread frees the last collective's tensor while the interpreter finalises. tests/gloo_exit_probe.py
+    holds that thread inside Python across the start of finalisation: leaving with sys.exit aborts both processes
+    (the control), leaving with exit_process ends both with their code, after their non-daemon thread and atexit
+    handler ran."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    plain = run_cmd([*launch, "tests/gloo_exit_probe.py", "plain", "0"])
+    assert plain.returncode != 0 and "SIGABRT" in plain.stderr, plain.stderr[-2000:]
+    fixed = ok(run_cmd([*launch, "tests/gloo_exit_probe.py", "exit_process", "0"]))
+    for rank in (0, 1):
+        assert f"rank {rank}: thread finished" in fixed.stdout and f"rank {rank}: atexit ran" in fixed.stdout
+    assert "terminate called" not in fixed.stderr
+
+
+def test_exit_process_flushes_and_keeps_the_code_in_a_job_and_outside_one() -> None:
+    """In a job (WORLD_SIZE set) the process leaves by os._exit after the atexit handlers and a flush of stdout (an
+    unterminated line survives); outside one it is sys.exit. Both keep the exit code."""
+    code = (
+        "import atexit; from trainer.accel.shutdown import exit_process; "
+        "atexit.register(lambda: print(' atexit', end='')); print('unterminated', end=''); exit_process(3)"
+    )
+    for world in ("2", None):
+        proc = run_cmd([sys.executable, "-c", code], env={"WORLD_SIZE": world} if world else None)
+        assert proc.returncode == 3 and proc.stdout == "unterminated atexit", (world, proc.stdout, proc.stderr)

@@ -82,4 +82,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainer.accel.shutdown import exit_process
+
+    exit_process(main())

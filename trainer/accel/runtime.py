@@ -118,10 +118,10 @@ def elastic_process_group(backend: Optional[str], timeout: timedelta) -> None:
 
 
 def leave_process_group() -> None:
-    """Destroys the default process group once every process finished its run (or stopped after a checkpoint).
-    Without it, gloo's worker threads can still hold work while the interpreter shuts down, and the process aborts
-    after a good run (SIGABRT, "terminate called without an active exception": pytorch/pytorch#190489). Not after a
-    failure, where another process may still be inside a collective."""
+    """Destroys the default process group once every process finished its run (or stopped after a checkpoint), as
+    NCCL asks (pytorch/pytorch#190489). Not after a failure, where another process may still be inside a collective.
+    It does not stop gloo's worker threads (DDP keeps the group alive): trainer.accel.shutdown.exit_process is what
+    ends a job's process safely."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -1,7 +1,6 @@
 """`python -m trainer.bench [--config FILE] [key=value ...]`: see trainer.bench.race."""
 
-import sys
-
+from trainer.accel.shutdown import exit_process
 from trainer.bench.race import main
 
-sys.exit(main())
+exit_process(main())
