@@ -32,5 +32,6 @@ if __name__ == "__main__":
     atexit.register(lambda: print(f"rank {rank}: atexit ran", flush=True))
     threading.Thread(target=lambda: (time.sleep(0.2), print(f"rank {rank}: thread finished", flush=True))).start()
     time.sleep(0.05)
-    code = int(sys.argv[2])
-    sys.exit(code) if sys.argv[1] == "plain" else exit_process(code)
+    if sys.argv[1] == "plain":
+        sys.exit(int(sys.argv[2]))
+    exit_process(int(sys.argv[2]))
